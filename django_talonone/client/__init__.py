@@ -1,0 +1,60 @@
+"""Client for Talon.One's Integration API.
+
+This package never imports Django, so it can be used (and imported quickly) anywhere;
+:func:`from_settings` reads the ``TALONONE`` Django setting only when it is called.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import errors, types
+from .core import DEFAULT_TIMEOUT, IntegrationClient, rfc3339
+from .errors import (
+    AuthenticationError,
+    BadRequestError,
+    ClientError,
+    ConflictError,
+    ConnectionError,
+    MalformedResponseError,
+    NotFoundError,
+    RateLimitedError,
+    ServerError,
+    TalonOneError,
+    TimeoutError,
+)
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientError",
+    "ConflictError",
+    "ConnectionError",
+    "IntegrationClient",
+    "MalformedResponseError",
+    "NotFoundError",
+    "RateLimitedError",
+    "ServerError",
+    "TalonOneError",
+    "TimeoutError",
+    "errors",
+    "from_settings",
+    "rfc3339",
+    "types",
+]
+
+
+def from_settings(**overrides: Any) -> IntegrationClient:
+    """Build a client from the ``TALONONE`` Django setting; keyword arguments override it."""
+    from django_talonone.conf import settings  # imported here: the client stays Django-free
+
+    kwargs: dict[str, Any] = {
+        "timeout": settings.TIMEOUT,
+        "user_agent": settings.USER_AGENT,
+        "get_retries": settings.GET_RETRIES,
+    }
+    kwargs.update(overrides)
+    base_url = kwargs.pop("base_url", settings.BASE_URL)
+    api_key = kwargs.pop("api_key", settings.API_KEY)
+    return IntegrationClient(base_url, api_key, **kwargs)

@@ -1,0 +1,375 @@
+"""The HTTP core of the Integration API client: one pooled ``requests.Session``, no Django."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import requests
+import requests.utils
+
+from . import errors
+from .operations import OperationsMixin
+
+__all__ = ["DEFAULT_TIMEOUT", "IntegrationClient"]
+
+logger = logging.getLogger("django_talonone.client")
+
+#: (connect, read) seconds. The connect part is just above a multiple of 3 s, TCP's
+#: retransmission window, as requests' docs advise.
+DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 10.0)
+DEFAULT_USER_AGENT = "django-talonone/{version} python-requests/{requests}"
+
+Timeout = float | tuple[float, float]
+
+
+class IntegrationClient(OperationsMixin):
+    """Talon.One Integration API client: one method per operation, wire-format dicts in and out.
+
+    Path parameters are positional, in path order; the request body is a dict with the API's
+    camelCase keys; query parameters are snake_case keyword arguments. Answers are the decoded JSON.
+    Failures raise :class:`~django_talonone.client.errors.TalonOneError` subclasses.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: Timeout = DEFAULT_TIMEOUT,
+        session: requests.Session | None = None,
+        user_agent: str | None = None,
+        get_retries: int = 2,
+        retry_backoff: float = 0.1,
+    ) -> None:
+        if not isinstance(base_url, str) or urlsplit(base_url).scheme not in ("http", "https"):
+            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+        if not isinstance(api_key, str) or not api_key.strip():
+            raise ValueError("api_key must be a non-empty string")
+        if get_retries < 0:
+            raise ValueError("get_retries must be >= 0")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = _normalise_timeout(timeout)
+        self.get_retries = get_retries
+        self.retry_backoff = retry_backoff
+        self._api_key = _Secret(api_key.strip())
+        self._owns_session = session is None
+        if session is None:
+            session = requests.Session()
+            # requests re-reads proxy and CA settings from the environment on every call when
+            # trust_env is on; read them once here instead, so HTTPS_PROXY etc. still apply.
+            self._proxies = requests.utils.get_environ_proxies(self.base_url)
+            session.trust_env = False
+            self._verify: bool | str = _environ_ca_bundle() or True
+        else:
+            self._proxies = {}
+            self._verify = session.verify if session.verify is not None else True
+        self.session = session
+        from django_talonone import __version__
+
+        self._headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": user_agent
+            or DEFAULT_USER_AGENT.format(version=__version__, requests=requests.__version__),
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r}, api_key='***')"
+
+    def close(self) -> None:
+        """Close pooled connections (only those of a session the client created)."""
+        if self._owns_session:
+            self.session.close()
+
+    def __enter__(self) -> IntegrationClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # The one place every operation goes through.
+    def _call(
+        self,
+        op: dict[str, Any],
+        path_args: tuple[Any, ...],
+        body: Any,
+        query: dict[str, Any],
+    ) -> Any:
+        if op["deprecated"]:
+            import warnings
+
+            warnings.warn(
+                f"{op['title']} is deprecated by Talon.One; use its V2 successor",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+        path = _fill_path(op, path_args)
+        params = _encode_query(op, query) if query else None
+        data = None if body is None else _dumps(body)
+        headers = self._headers_for(op, body)
+        method = op["method"]
+        attempts = 1 + (self.get_retries if method == "GET" else 0)
+        for attempt in range(attempts):
+            try:
+                return self._send(op, method, path, params, data, headers)
+            except errors.TalonOneError as exc:
+                if not exc.retryable or attempt + 1 >= attempts:
+                    raise
+                delay = getattr(exc, "retry_after", None)
+                if delay is None:
+                    delay = self.retry_backoff * (2**attempt) * (0.5 + random.random())
+                if delay > 5:
+                    raise
+                logger.info("%s: retrying GET after %s (%.2fs)", op["title"], exc.status, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _headers_for(self, op: dict[str, Any], body: Any) -> dict[str, str]:
+        headers = {**self._headers, "Authorization": "ApiKey-v1 " + self._api_key.reveal()}
+        if body is None:
+            del headers["Content-Type"]
+        return headers
+
+    def _send(
+        self,
+        op: dict[str, Any],
+        method: str,
+        path: str,
+        params: list[tuple[str, str]] | None,
+        data: bytes | None,
+        headers: dict[str, str],
+    ) -> Any:
+        name = op["title"]
+        started = time.perf_counter()
+        try:
+            resp = self.session.request(
+                method,
+                self.base_url + path,
+                params=params,
+                data=data,
+                headers=headers,
+                timeout=self.timeout,
+                proxies=self._proxies,
+                verify=self._verify,
+                allow_redirects=False,
+            )
+        except requests.exceptions.ConnectTimeout as exc:
+            raise self._transport_error(errors.TimeoutError, op, method, path, exc, False) from exc
+        except requests.exceptions.Timeout as exc:
+            raise self._transport_error(errors.TimeoutError, op, method, path, exc, True) from exc
+        except requests.exceptions.RequestException as exc:
+            sent = not _failed_before_sending(exc)
+            raise self._transport_error(
+                errors.ConnectionError, op, method, path, exc, sent
+            ) from exc
+        status = resp.status_code
+        if logger.isEnabledFor(logging.DEBUG):
+            ms = (time.perf_counter() - started) * 1000
+            logger.debug("%s %s %s -> %s in %.1f ms", name, method, path, status, ms)
+        content = resp.content
+        if status in op["success"] or 200 <= status < 300:
+            if status == 204 or not content:
+                if op["response"] is None or status == 204:
+                    return None
+                raise self._malformed(op, method, path, status, "empty body")
+            try:
+                decoded = json.loads(content)
+            except ValueError:
+                raise self._malformed(op, method, path, status, "body is not JSON") from None
+            expected = list if (op["response"] or "").startswith("list[") else dict
+            if op["response"] is not None and not isinstance(decoded, expected):
+                got = type(decoded).__name__
+                msg = f"expected a JSON {'array' if expected is list else 'object'}, got {got}"
+                raise self._malformed(op, method, path, status, msg)
+            return decoded
+        try:
+            err_body: Any = json.loads(content) if content else None
+        except ValueError:
+            err_body = self._redact(resp.text[:500])
+        exc = errors.error_for_status(
+            status,
+            operation=name,
+            method=method,
+            path=path,
+            body=err_body,
+            retry_after_header=resp.headers.get("Retry-After"),
+        )
+        log = logger.warning if exc.retryable else logger.error
+        log("%s %s %s failed: %s", name, method, path, exc.message, extra={"talonone_op": name})
+        raise exc
+
+    def _transport_error(
+        self,
+        cls: type[errors.TalonOneError],
+        op: dict[str, Any],
+        method: str,
+        path: str,
+        exc: Exception,
+        sent: bool,
+    ) -> errors.TalonOneError:
+        message = self._redact(f"{type(exc).__name__}: {exc}")
+        logger.warning("%s %s %s failed: %s", op["title"], method, path, message)
+        return cls(
+            message,
+            operation=op["title"],
+            method=method,
+            path=path,
+            outcome_unknown=sent and method != "GET",
+        )
+
+    def _malformed(
+        self, op: dict[str, Any], method: str, path: str, status: int, why: str
+    ) -> errors.MalformedResponseError:
+        logger.error(
+            "%s %s %s answered %s with a malformed body: %s", op["title"], method, path, status, why
+        )
+        return errors.MalformedResponseError(
+            f"malformed answer: {why}",
+            operation=op["title"],
+            method=method,
+            path=path,
+            status=status,
+            outcome_unknown=method != "GET",
+        )
+
+    def _redact(self, text: str) -> str:
+        key = self._api_key.reveal()
+        return text.replace(key, "***") if key in text else text
+
+
+class _Secret:
+    """Holds the API key so that repr(), str() and vars() of the client never show it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError("the API key cannot be pickled")
+
+
+def _fill_path(op: dict[str, Any], args: tuple[Any, ...]) -> str:
+    path = op["path"]
+    for (wire, py, typ), value in zip(op["path_params"], args, strict=True):
+        if value is None or value == "":
+            raise ValueError(f"{op['name']}(): {py} must not be empty")
+        if typ == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+            try:
+                value = int(value)
+            except (TypeError, ValueError):
+                raise TypeError(f"{op['name']}(): {py} must be an int, got {value!r}") from None
+        # safe="" so that "/", "?", "#" and spaces inside an id stay inside one path segment.
+        path = path.replace("{" + wire + "}", quote(str(value), safe=""))
+    return path
+
+
+def _encode_query(op: dict[str, Any], query: dict[str, Any]) -> list[tuple[str, str]]:
+    params: list[tuple[str, str]] = []
+    for py, wire, typ, explode in op["query"]:
+        value = query.get(py)
+        if value is None:
+            continue
+        if typ == "list[str]":
+            if isinstance(value, (str, bytes)):
+                value = [value]
+            items = [_query_value(v, py) for v in value]
+            if explode:
+                params.extend((wire, v) for v in items)
+            elif items:
+                params.append((wire, ",".join(items)))
+        else:
+            params.append((wire, _query_value(value, py)))
+    return params
+
+
+def _query_value(value: Any, name: str) -> str:
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, datetime.datetime):
+        return rfc3339(value)
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    return str(value)
+
+
+def rfc3339(value: datetime.datetime) -> str:
+    """An aware datetime as RFC 3339 (``2026-11-23T10:00:00Z``); naive datetimes are refused."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(
+            f"naive datetime {value.isoformat()} is ambiguous; pass an aware datetime "
+            "(e.g. django.utils.timezone.now())"
+        )
+    if value.utcoffset() == datetime.timedelta(0):
+        return value.replace(tzinfo=None).isoformat() + "Z"
+    return value.isoformat()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime.datetime):
+        return rfc3339(value)
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        # Prices are sent as JSON numbers; float keeps every Decimal with up to 15 digits exact.
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable in a request body")
+
+
+def _dumps(body: Any) -> bytes:
+    return json.dumps(
+        body, separators=(",", ":"), ensure_ascii=False, default=_json_default, allow_nan=False
+    ).encode()
+
+
+def _normalise_timeout(timeout: Timeout) -> tuple[float, float]:
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        pair = (float(timeout), float(timeout))
+    elif isinstance(timeout, (tuple, list)) and len(timeout) == 2:
+        pair = (float(timeout[0]), float(timeout[1]))
+    else:
+        raise ValueError(f"timeout must be seconds or a (connect, read) pair, got {timeout!r}")
+    if min(pair) <= 0:
+        raise ValueError(f"timeout values must be positive, got {timeout!r}")
+    return pair
+
+
+def _environ_ca_bundle() -> str | None:
+    import os
+
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
+
+
+def _failed_before_sending(exc: Exception) -> bool:
+    # urllib3 wraps "could not connect" in NewConnectionError / NameResolutionError; then the
+    # request never left, so a retry cannot apply it twice.
+    text = repr(exc)
+    return any(
+        marker in text
+        for marker in ("NewConnectionError", "NameResolutionError", "Connection refused")
+    )

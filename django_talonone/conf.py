@@ -1,0 +1,82 @@
+"""The ``TALONONE`` settings dict: defaults, lazy access, reload on ``setting_changed``.
+
+Nothing here reads Django's settings at import time; the first attribute access does, and
+``override_settings`` / pytest-django's ``settings`` fixture take effect at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.signals import setting_changed
+
+__all__ = ["DEFAULTS", "TalonOneSettings", "settings"]
+
+#: Every key ``TALONONE`` accepts, with its default.
+DEFAULTS: dict[str, Any] = {
+    # Your deployment's base URL, e.g. "https://mycompany.europe-west1.talon.one".
+    "BASE_URL": "",
+    # An Integration API key (Talon.One: Account > Tools > Integration API keys).
+    "API_KEY": "",
+    # Seconds: one number, or a (connect, read) pair.
+    "TIMEOUT": (3.05, 10.0),
+    # The Talon.One Application the API key belongs to (informational; shown in admin).
+    "APPLICATION_ID": None,
+    # User-Agent sent with every request; None = "django-talonone/<version> ...".
+    "USER_AGENT": None,
+    # How often an idempotent GET is retried on 5xx, 429 and connection errors.
+    "GET_RETRIES": 2,
+}
+
+
+class TalonOneSettings:
+    """Attribute access to ``settings.TALONONE`` with defaults, e.g. ``settings.TIMEOUT``."""
+
+    def __init__(self, defaults: dict[str, Any] | None = None) -> None:
+        self.defaults = defaults or DEFAULTS
+        self._cache: dict[str, Any] = {}
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        """The raw ``TALONONE`` dict from Django's settings ({} when absent)."""
+        from django.conf import settings as django_settings
+
+        value = getattr(django_settings, "TALONONE", None)
+        return value if isinstance(value, dict) else {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in self.defaults:
+            raise AttributeError(f"{name!r} is not a TALONONE setting")
+        try:
+            return self._cache[name]
+        except KeyError:
+            pass
+        value = self.user_settings.get(name, self.defaults[name])
+        if name == "TIMEOUT":
+            value = normalise_timeout(value)
+        self._cache[name] = value
+        return value
+
+    def reload(self) -> None:
+        """Forget cached values; the next access reads Django's settings again."""
+        self._cache.clear()
+
+
+def normalise_timeout(value: Any) -> Any:
+    """A number becomes a (connect, read) pair; anything else is returned as is for checks."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (float(value), float(value))
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+settings = TalonOneSettings()
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == "TALONONE":
+        settings.reload()
+
+
+setting_changed.connect(_reload)

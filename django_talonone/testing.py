@@ -1,0 +1,1 @@
+"""pytest plugin for host shops: sandbox and HTTP-mock fixtures (being written)."""
