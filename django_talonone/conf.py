@@ -26,6 +26,40 @@ DEFAULTS: dict[str, Any] = {
     "USER_AGENT": None,
     # How often an idempotent GET is retried on 5xx, 429 and connection errors.
     "GET_RETRIES": 2,
+    # --- the push pipeline ---
+    # Dotted path of the ShopAdapter subclass that turns the shop's objects into payloads.
+    "ADAPTER": "django_talonone.adapters.ShopAdapter",
+    # "inline": pushes run in-process right after the shop's transaction commits (no Celery);
+    # "celery": a Celery task (django_talonone.push) sends them.
+    "DISPATCH": "inline",
+    # Extra options for apply_async of the push task (queue, priority, ...).
+    "TASK_OPTIONS": {},
+    # Attempts before a push is dead-lettered; retry delays grow from BASE to MAX (seconds).
+    "MAX_ATTEMPTS": 8,
+    "RETRY_BASE_DELAY": 2.0,
+    "RETRY_MAX_DELAY": 600.0,
+    # Requests per second this process may send (None = no limit); keep the sum of all
+    # processes under your account's limit.
+    "RATE_LIMIT": None,
+    # Seconds evaluate_cart() waits for Talon.One before falling back to the mirrored effects.
+    "EVALUATE_TIMEOUT": 2.0,
+    # Seconds after which an in-flight push whose worker vanished is reclaimed by the sweep.
+    "IN_FLIGHT_TIMEOUT": 300.0,
+    # Which parts of the answer to ask for on session updates (responseContent).
+    "RESPONSE_CONTENT": [
+        "customerSession",
+        "customerProfile",
+        "loyalty",
+        "coupons",
+        "triggeredCampaigns",
+    ],
+    # Loyalty programs whose balances are fetched into LoyaltyBalance after a session closes.
+    "LOYALTY_PROGRAM_IDS": [],
+    # Model-signal mode: the shop's order model ("shop.Order"), its status field, and a map of
+    # status values to session states ({"paid": "closed", "cancelled": "cancelled"}).
+    "ORDER_MODEL": None,
+    "ORDER_STATUS_FIELD": "status",
+    "ORDER_STATUS_MAP": {},
 }
 
 
