@@ -59,14 +59,29 @@ EXTRA_MODELS = {
     },
     # Not spelled out in the reference; the OpenAPI answer of /v1/best_prior_price.
     "BestPriorPrice": {
+        "id": ("int", True),
         "sku": ("str", True),
         "observedAt": ("datetime", True),
-        "contextId": ("str", True),
+        "contextIds": ("list[str]", True),
+        "contextId": ("str", False),  # deprecated in favour of contextIds
         "price": ("number", True),
         "metadata": ("dict[str, Any]", True),
+        "target": ("dict[str, Any]", True),
     },
     # Request bodies the reference lists without a model.
     "UpdateAudienceCustomersAttributesRequest": {},
+}
+# Where the reference and the (newer) OpenAPI files disagree on a model, the OpenAPI files win.
+MODEL_OVERRIDES = {
+    # OpenAPI requires timeframeEndDateType (and no longer strictEndDate).
+    "BestPriorPriceRequest": {
+        "skus": ("list[str]", True),
+        "timeframeEndDate": ("datetime", True),
+        "timeframe": ("str", True),
+        "timeframeEndDateType": ("str", True),
+        "strictEndDate": ("bool", False),
+        "target": ("BestPriorTarget", False),
+    },
 }
 BODY_OVERRIDES = {
     # The reference lists no body; the OpenAPI file takes a free-form attribute map.
@@ -88,6 +103,7 @@ def main(shared: Path) -> None:
     ref = (shared / "reference" / "talonone-integration-api.md").read_text()
     models = parse_models(ref)
     models.update({k: v for k, v in EXTRA_MODELS.items() if k not in models})
+    models.update(MODEL_OVERRIDES)
     ops = parse_operations(ref, shared / "reference" / "openapi" / "integration-api" / "paths")
     ops.append(TRACK_EVENT_V1)
     ops.sort(key=lambda o: o["name"])
@@ -238,25 +254,28 @@ def write_schema(models: dict, ops: list[dict], effects: dict) -> None:
 def write_types(models: dict) -> None:
     out = [
         HEADER.format(doc="TypedDicts of every request and response model, keys as on the wire."),
-        "from __future__ import annotations\n",
+        # No ``from __future__ import annotations`` here: TypedDict only sees ``Required`` (and
+        # so fills ``__required_keys__``) when it is a real object, not part of a string. The
+        # types inside are quoted instead, as models refer to models defined further down.
+        # Python 3.10's typing.TypedDict ignores Required: take both from typing_extensions.
         "import sys",
-        "from typing import Any, TypedDict\n",
+        "from typing import Any\n",
         "if sys.version_info >= (3, 11):",
-        "    from typing import Required",
+        "    from typing import Required, TypedDict",
         "else:  # pragma: no cover",
-        "    from typing_extensions import Required\n",
+        "    from typing_extensions import Required, TypedDict\n",
         "__all__ = " + pprint.pformat(sorted(models), width=100),
         "",
     ]
     for name, fields in models.items():
         items = []
         for field, (typ, required) in fields.items():
-            hint = py_type(typ, models)
+            hint = f'"{py_type(typ, models)}"'
             if required:
                 hint = f"Required[{hint}]"
             items.append((field, hint))
         if any(keyword.iskeyword(f) or not f.isidentifier() for f, _ in items):
-            body = ", ".join(f'"{f}": "{h}"' for f, h in items)
+            body = ", ".join(f'"{f}": {h}' for f, h in items)
             out.append(f'{name} = TypedDict("{name}", {{{body}}}, total=False)\n')
             continue
         out.append(f"\nclass {name}(TypedDict, total=False):")

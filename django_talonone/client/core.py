@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime
 import decimal
 import json
@@ -51,7 +52,14 @@ class IntegrationClient(OperationsMixin):
         retry_backoff: float = 0.1,
     ) -> None:
         if not isinstance(base_url, str) or urlsplit(base_url).scheme not in ("http", "https"):
-            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+            # Echo the value only when it looks like a URL: with the arguments swapped, it is
+            # the API key.
+            if isinstance(base_url, str) and "://" in base_url:
+                raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+            raise ValueError(
+                "base_url must be an http(s) URL such as https://yourbaseurl.talon.one (the value "
+                "given is not shown, it may be a secret: are the arguments swapped?)"
+            )
         if not isinstance(api_key, str) or not api_key.strip():
             raise ValueError("api_key must be a non-empty string")
         if get_retries < 0:
@@ -89,6 +97,19 @@ class IntegrationClient(OperationsMixin):
         """Close pooled connections (only those of a session the client created)."""
         if self._owns_session:
             self.session.close()
+
+    def with_headers(self, headers: Mapping[str, str]) -> IntegrationClient:
+        """A copy of this client that adds ``headers`` (e.g. ``Idempotency-Key``) to every request.
+
+        The copy shares the connection pool; closing it leaves the pool open.
+        """
+        extra = {str(k): str(v) for k, v in headers.items()}
+        if any(k.lower() == "authorization" for k in extra):
+            raise ValueError("the Authorization header is set by the client itself")
+        clone = copy.copy(self)
+        clone._headers = {**self._headers, **extra}
+        clone._owns_session = False
+        return clone
 
     def __enter__(self) -> IntegrationClient:
         return self
@@ -191,10 +212,13 @@ class IntegrationClient(OperationsMixin):
                 msg = f"expected a JSON {'array' if expected is list else 'object'}, got {got}"
                 raise self._malformed(op, method, path, status, msg)
             return decoded
+        key = self._api_key.reveal().encode()
+        if key in content:  # a gateway or the API may echo the Authorization header back
+            content = content.replace(key, b"***")
         try:
             err_body: Any = json.loads(content) if content else None
         except ValueError:
-            err_body = self._redact(resp.text[:500])
+            err_body = self._redact(resp.text)[:500]  # redact first: the cut may split the key
         exc = errors.error_for_status(
             status,
             operation=name,
@@ -271,8 +295,14 @@ def _fill_path(op: dict[str, Any], args: tuple[Any, ...]) -> str:
     for (wire, py, typ), value in zip(op["path_params"], args, strict=True):
         if value is None or value == "":
             raise ValueError(f"{op['name']}(): {py} must not be empty")
+        if value in (".", ".."):  # URL normalisation would drop the segment: another endpoint
+            raise ValueError(f"{op['name']}(): {py} cannot be {value!r}")
         if typ == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+            # Only an int or a numeric string: int() would also turn True into 1, 4.5 into 4
+            # and b"7" into 7, silently addressing another resource.
             try:
+                if not isinstance(value, str):
+                    raise TypeError
                 value = int(value)
             except (TypeError, ValueError):
                 raise TypeError(f"{op['name']}(): {py} must be an int, got {value!r}") from None
@@ -330,6 +360,8 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, datetime.date):
         return value.isoformat()
     if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            raise ValueError(f"Decimal {value} is not a JSON number")
         # Prices are sent as JSON numbers; float keeps every Decimal with up to 15 digits exact.
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, uuid.UUID):
