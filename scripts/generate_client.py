@@ -112,6 +112,8 @@ def main(shared: Path) -> None:
         for name in models
         if name.endswith("EffectProps")
     }
+    # The props model is CustomEffectProps, but the wire name of the effect is customEffect.
+    effects["customEffect"] = effects.pop("custom")
     write_schema(models, ops, effects)
     write_types(models)
     write_operations(ops)

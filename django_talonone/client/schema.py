@@ -1679,7 +1679,7 @@ EFFECT_PROPS: dict[str, str] = {
     "awardGiveaway": "AwardGiveawayEffectProps",
     "changeLoyaltyTierLevel": "ChangeLoyaltyTierLevelEffectProps",
     "couponCreated": "CouponCreatedEffectProps",
-    "custom": "CustomEffectProps",
+    "customEffect": "CustomEffectProps",
     "deductLoyaltyPoints": "DeductLoyaltyPointsEffectProps",
     "error": "ErrorEffectProps",
     "extendLoyaltyPointsExpiryDate": "ExtendLoyaltyPointsExpiryDateEffectProps",
