@@ -97,7 +97,7 @@ EXAMPLES: dict[str, dict] = {
         "expiryDate": "2025-12-31T23:59:59+01:00",
     },
     "couponCreated": {"value": "THANKS-5", "profileId": "cust-42"},
-    "custom": {
+    "customEffect": {
         "effectId": 3,
         "name": "show_banner",
         "cartItemPosition": 0,
@@ -304,7 +304,7 @@ CHECKS = {
     "couponCreated": lambda r: (
         (r.coupons_created[0].code, r.coupons_created[0].profile_id) == ("THANKS-5", "cust-42")
     ),
-    "custom": lambda r: (
+    "customEffect": lambda r: (
         r.custom_effects[0].payload == {"banner": "summer", "priority": 2}
         and r.custom_effects[0].name == "show_banner"
     ),
@@ -428,12 +428,12 @@ def test_records_carry_the_rule(effect_type):
     assert records[0].rule_name == f"rule of {effect_type}"
 
 
-def test_custom_effects_under_their_wire_name():
-    # openapi/ and the sandbox send "customEffect"; EFFECT_PROPS (markdown reference) has "custom".
-    r = read_effects([effect("customEffect", EXAMPLES["custom"])])
+def test_custom_effects_also_read_under_the_props_model_stem():
+    # The wire name is "customEffect"; "custom" (the stem of CustomEffectProps) is read too.
+    r = read_effects([effect("custom", EXAMPLES["customEffect"])])
     assert r.unknown == [] and r.invalid == []
     assert r.custom_effects[0].name == "show_banner"
-    assert r.custom_effects[0].effect_type == "customEffect"
+    assert r.custom_effects[0].effect_type == "custom"
 
 
 def test_a_whole_session_reads_into_totals():
@@ -668,7 +668,7 @@ MALFORMED = [
     effect("addLoyaltyPoints", {**EXAMPLES["addLoyaltyPoints"], "expiryDate": "next tuesday"}),
     effect("addFreeItem", {"name": "gift"}),  # no sku
     effect("addFreeItem", {"sku": "S", "desiredQuantity": "two"}),
-    effect("custom", {"name": "x", "payload": "not an object"}),
+    effect("customEffect", {"name": "x", "payload": "not an object"}),
     effect("showBundleMetadata", {"description": "d", "bundleAttributes": [1], "itemsIndices": []}),
     effect("setLoyaltyPointsExpiryDate", {"programId": 1, "subLedgerId": ""}),
     effect("setDiscount", ["not", "a", "dict"]),
