@@ -6,7 +6,7 @@ from django.apps import AppConfig
 
 
 class TalonOneConfig(AppConfig):
-    """``django_talonone``: registers the system checks on start-up."""
+    """``django_talonone``: registers the system checks and the signal receivers on start-up."""
 
     name = "django_talonone"
     label = "talonone"
@@ -14,4 +14,8 @@ class TalonOneConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the checks)
+        # checks registers the system checks; receivers connects the lifecycle signals to the
+        # outbox; model_signals watches the shop's order model when TALONONE["ORDER_MODEL"] is set.
+        from . import checks, model_signals, receivers  # noqa: F401
+
+        model_signals.connect()

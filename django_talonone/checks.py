@@ -14,7 +14,7 @@ from django.core import checks
 
 from .conf import DEFAULTS, normalise_timeout
 
-__all__ = ["check_settings"]
+__all__ = ["check_adapter", "check_order_model", "check_pipeline", "check_settings"]
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "testserver"}  # noqa: S104
 
@@ -180,3 +180,356 @@ def _check_numbers(raw: dict[str, Any]) -> list[checks.CheckMessage]:
             )
         )
     return found
+
+
+# ---- model-signal mode and the shop adapter (talonone.E020 - E029) ----------------------------
+
+
+@checks.register("talonone")
+def check_order_model(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Validate model-signal mode: ORDER_MODEL, ORDER_STATUS_FIELD and ORDER_STATUS_MAP."""
+    from django.apps import apps
+    from django.core.exceptions import FieldDoesNotExist
+
+    from .model_signals import SESSION_STATES
+
+    raw = _talonone_dict()
+    if raw is None:
+        return []
+    found: list[checks.CheckMessage] = []
+    label = raw.get("ORDER_MODEL")
+    field_name = raw.get("ORDER_STATUS_FIELD", DEFAULTS["ORDER_STATUS_FIELD"])
+    mapping = raw.get("ORDER_STATUS_MAP", DEFAULTS["ORDER_STATUS_MAP"])
+    states = ", ".join(SESSION_STATES)
+    map_given = bool(mapping)
+    if not isinstance(mapping, dict):
+        found.append(
+            checks.Error(
+                f'TALONONE["ORDER_STATUS_MAP"] must be a dict, not {type(mapping).__name__}.',
+                hint='Map each status value to a session state, e.g. {"paid": "closed", '
+                '"cancelled": "cancelled"}.',
+                id="talonone.E022",
+            )
+        )
+        mapping = {}
+    for status, state in mapping.items():
+        if state not in SESSION_STATES:
+            found.append(
+                checks.Error(
+                    f'TALONONE["ORDER_STATUS_MAP"] maps {status!r} to {state!r}, which is not '
+                    "a session state.",
+                    hint=f"Use one of: {states}; leave out statuses Talon.One need not hear of.",
+                    id="talonone.E023",
+                )
+            )
+    if not label:
+        if map_given:
+            found.append(
+                checks.Error(
+                    'TALONONE["ORDER_STATUS_MAP"] is set but TALONONE["ORDER_MODEL"] is not, so '
+                    "no status change will ever be pushed.",
+                    hint='Set TALONONE["ORDER_MODEL"] to your order model, e.g. "shop.Order", '
+                    "or remove ORDER_STATUS_MAP.",
+                    id="talonone.E027",
+                )
+            )
+        return found
+    try:
+        model = apps.get_model(label) if isinstance(label, str) else None
+    except (LookupError, ValueError):
+        model = None
+    if model is None:
+        found.append(
+            checks.Error(
+                f'TALONONE["ORDER_MODEL"] = {label!r} is not an installed model.',
+                hint='Write it as "app_label.ModelName" (e.g. "shop.Order") and make sure the '
+                "app is in INSTALLED_APPS.",
+                id="talonone.E020",
+            )
+        )
+        return found
+    try:
+        field = model._meta.get_field(field_name) if isinstance(field_name, str) else None
+    except FieldDoesNotExist:
+        field = None
+    if field is None or not getattr(field, "concrete", False):
+        names = ", ".join(f.name for f in model._meta.concrete_fields)
+        found.append(
+            checks.Error(
+                f'TALONONE["ORDER_STATUS_FIELD"] = {field_name!r} is not a field of '
+                f"{model._meta.label}.",
+                hint=f"Name the field that holds the order's status; its fields are: {names}.",
+                id="talonone.E021",
+            )
+        )
+        return found
+    if not map_given:
+        found.append(
+            checks.Error(
+                f'TALONONE["ORDER_MODEL"] = {label!r} is set but ORDER_STATUS_MAP is empty, so '
+                "no status change will ever be pushed.",
+                hint='Map your statuses to session states, e.g. {"placed": "open", '
+                '"paid": "closed", "cancelled": "cancelled"}.',
+                id="talonone.E026",
+            )
+        )
+    choices = [value for value, _label in field.flatchoices] if field.choices else []
+    known = set(choices) | {str(value) for value in choices}
+    for status in mapping:
+        if choices and status not in known:
+            found.append(
+                checks.Error(
+                    f'TALONONE["ORDER_STATUS_MAP"] has the status {status!r}, which is not one '
+                    f"of the choices of {model._meta.label}.{field.name}.",
+                    hint="Use the stored values: " + ", ".join(repr(c) for c in choices) + ".",
+                    id="talonone.E028",
+                )
+            )
+    return found
+
+
+@checks.register("talonone")
+def check_adapter(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Validate ``TALONONE["ADAPTER"]``: it must import and subclass ShopAdapter."""
+    from django.utils.module_loading import import_string
+
+    from .adapters import ShopAdapter
+
+    raw = _talonone_dict()
+    if raw is None:
+        return []
+    path = raw.get("ADAPTER", DEFAULTS["ADAPTER"])
+    hint = (
+        'Set TALONONE["ADAPTER"] to the dotted path of your ShopAdapter subclass, e.g. '
+        '"shop.talonone.ShopAdapter", or leave it out to use the default adapter.'
+    )
+    if isinstance(path, type):
+        cls: Any = path
+    else:
+        try:
+            cls = import_string(str(path))
+        except Exception as exc:  # a module that fails to import may raise anything
+            return [
+                checks.Error(
+                    f'TALONONE["ADAPTER"] = {path!r} cannot be imported: '
+                    f"{type(exc).__name__}: {exc}",
+                    hint=hint,
+                    id="talonone.E024",
+                )
+            ]
+    if not (isinstance(cls, type) and issubclass(cls, ShopAdapter)):
+        return [
+            checks.Error(
+                f'TALONONE["ADAPTER"] = {path!r} is not a subclass of '
+                "django_talonone.adapters.ShopAdapter.",
+                hint=hint,
+                id="talonone.E025",
+            )
+        ]
+    return []
+
+
+def _talonone_dict() -> dict[str, Any] | None:
+    """The TALONONE dict, or None when it is missing or malformed (E001/E002 report that)."""
+    from django.conf import settings as django_settings
+
+    raw = getattr(django_settings, "TALONONE", None)
+    return raw if isinstance(raw, dict) else None
+
+
+# ---- the push pipeline (talonone.E030 - E039) -------------------------------------------------
+
+DISPATCH_MODES = ("inline", "celery")
+#: responseContent values UpdateCustomerSessionV2 accepts (Talon.One's OpenAPI file).
+SESSION_RESPONSE_CONTENT = (
+    "customerSession",
+    "customerProfile",
+    "coupons",
+    "triggeredCampaigns",
+    "referral",
+    "loyalty",
+    "event",
+    "awardedGiveaways",
+    "ruleFailureReasons",
+    "previousReturns",
+    "campaignEligibility",
+)
+
+
+@checks.register("talonone")
+def check_pipeline(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Validate the push pipeline keys: dispatch, retries, rate limit and timeouts."""
+    from django.conf import settings as django_settings
+
+    raw = getattr(django_settings, "TALONONE", None)
+    if not isinstance(raw, dict):
+        return []  # E001 / E002 say so
+
+    def get(name: str) -> Any:
+        return raw.get(name, DEFAULTS[name])
+
+    return [
+        *_check_dispatch(get("DISPATCH"), get("TASK_OPTIONS")),
+        *_check_retries(get("MAX_ATTEMPTS"), get("RETRY_BASE_DELAY"), get("RETRY_MAX_DELAY")),
+        *_check_rate_limit(get("RATE_LIMIT")),
+        *_check_timeouts(get("EVALUATE_TIMEOUT"), get("IN_FLIGHT_TIMEOUT"), get("TIMEOUT")),
+        *_check_response_content(get("RESPONSE_CONTENT")),
+        *_check_program_ids(get("LOYALTY_PROGRAM_IDS")),
+    ]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_dispatch(mode: Any, options: Any) -> list[checks.CheckMessage]:
+    import importlib.util
+
+    found = []
+    if mode not in DISPATCH_MODES:
+        found.append(
+            checks.Error(
+                f'TALONONE["DISPATCH"] must be "inline" or "celery", got {mode!r}.',
+                hint='"inline" pushes in-process after each commit (no Celery needed); "celery" '
+                "sends the django_talonone.push task to your Celery workers.",
+                id="talonone.E030",
+            )
+        )
+    elif mode == "celery" and importlib.util.find_spec("celery") is None:
+        found.append(
+            checks.Error(
+                'TALONONE["DISPATCH"] is "celery" but Celery is not installed.',
+                hint='pip install "django-talonone[celery]", or set TALONONE["DISPATCH"] = '
+                '"inline".',
+                id="talonone.E031",
+            )
+        )
+    if not isinstance(options, dict):
+        found.append(
+            checks.Error(
+                f'TALONONE["TASK_OPTIONS"] must be a dict of apply_async options, '
+                f"not {type(options).__name__}.",
+                hint='For example {"queue": "talonone"}; leave it out for none.',
+                id="talonone.E032",
+            )
+        )
+    return found
+
+
+def _check_retries(attempts: Any, base: Any, cap: Any) -> list[checks.CheckMessage]:
+    found = []
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+        found.append(
+            checks.Error(
+                f'TALONONE["MAX_ATTEMPTS"] must be an integer of at least 1, got {attempts!r}.',
+                hint="It is how many times a push is tried before it is dead-lettered; "
+                "the default is 8.",
+                id="talonone.E033",
+            )
+        )
+    bad = [
+        name
+        for name, value in (("RETRY_BASE_DELAY", base), ("RETRY_MAX_DELAY", cap))
+        if not _is_number(value) or value <= 0
+    ]
+    for name in bad:
+        value = base if name == "RETRY_BASE_DELAY" else cap
+        found.append(
+            checks.Error(
+                f'TALONONE["{name}"] must be a positive number of seconds, got {value!r}.',
+                hint="The defaults are RETRY_BASE_DELAY = 2 and RETRY_MAX_DELAY = 600.",
+                id="talonone.E034",
+            )
+        )
+    if not bad and base > cap:
+        found.append(
+            checks.Error(
+                f'TALONONE["RETRY_BASE_DELAY"] ({base}) is larger than '
+                f'TALONONE["RETRY_MAX_DELAY"] ({cap}).',
+                hint="Retry delays grow from the base delay up to the maximum; make base <= max.",
+                id="talonone.E034",
+            )
+        )
+    return found
+
+
+def _check_rate_limit(rate: Any) -> list[checks.CheckMessage]:
+    if rate is None or (_is_number(rate) and rate > 0):
+        return []
+    return [
+        checks.Error(
+            f'TALONONE["RATE_LIMIT"] must be None or a positive number of requests per second, '
+            f"got {rate!r}.",
+            hint="Give each process its share of your account's limit, e.g. 100 / 4 for four "
+            "workers; None turns the limit off.",
+            id="talonone.E035",
+        )
+    ]
+
+
+def _check_timeouts(evaluate: Any, in_flight: Any, timeout: Any) -> list[checks.CheckMessage]:
+    found = []
+    if not _is_number(evaluate) or not 0 < evaluate <= 10:
+        found.append(
+            checks.Error(
+                f'TALONONE["EVALUATE_TIMEOUT"] must be a number of seconds above 0 and at most '
+                f"10, got {evaluate!r}.",
+                hint="evaluate_cart() waits this long on the cart page before it falls back to "
+                "the last mirrored effects; the default is 2.",
+                id="talonone.E036",
+            )
+        )
+    pair = normalise_timeout(timeout)
+    slowest = sum(pair) if isinstance(pair, tuple) and all(map(_is_number, pair)) else 0
+    if not _is_number(in_flight) or in_flight <= 0:
+        found.append(
+            checks.Error(
+                f'TALONONE["IN_FLIGHT_TIMEOUT"] must be a positive number of seconds, '
+                f"got {in_flight!r}.",
+                hint="The sweep takes back pushes in flight for longer than this; default 300.",
+                id="talonone.E037",
+            )
+        )
+    elif in_flight <= slowest:
+        found.append(
+            checks.Error(
+                f'TALONONE["IN_FLIGHT_TIMEOUT"] ({in_flight}) must be longer than a request can '
+                f'take (TALONONE["TIMEOUT"], {slowest} s in all).',
+                hint="Otherwise the sweep takes back pushes that are still being sent.",
+                id="talonone.E037",
+            )
+        )
+    return found
+
+
+def _check_response_content(value: Any) -> list[checks.CheckMessage]:
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        unknown = [v for v in value if v not in SESSION_RESPONSE_CONTENT]
+        if not unknown:
+            return []
+        problem = f"has unknown values: {', '.join(map(repr, unknown))}"
+    else:
+        problem = f"must be a list of strings, not {type(value).__name__}"
+    return [
+        checks.Error(
+            f'TALONONE["RESPONSE_CONTENT"] {problem}.',
+            hint="Valid values: " + ", ".join(SESSION_RESPONSE_CONTENT) + ".",
+            id="talonone.E038",
+        )
+    ]
+
+
+def _check_program_ids(value: Any) -> list[checks.CheckMessage]:
+    ok = isinstance(value, (list, tuple)) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+    )
+    if ok:
+        return []
+    return [
+        checks.Error(
+            f'TALONONE["LOYALTY_PROGRAM_IDS"] must be a list of positive integers, got {value!r}.',
+            hint="Use the numeric ids of your loyalty programs (Talon.One: Loyalty > program "
+            "settings), or leave it out.",
+            id="talonone.E039",
+        )
+    ]

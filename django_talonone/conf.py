@@ -56,7 +56,12 @@ DEFAULTS: dict[str, Any] = {
     # Loyalty programs whose balances are fetched into LoyaltyBalance after a session closes.
     "LOYALTY_PROGRAM_IDS": [],
     # Model-signal mode: the shop's order model ("shop.Order"), its status field, and a map of
-    # status values to session states ({"paid": "closed", "cancelled": "cancelled"}).
+    # status values to session states, e.g. {"placed": "open", "paid": "closed",
+    # "cancelled": "cancelled", "returned": "partially_returned"}. Each save that moves an order
+    # to a status mapped to a different state sends one signal: open → order_placed (or
+    # order_reopened after closed), closed → order_paid, cancelled → order_cancelled,
+    # partially_returned → order_returned (everything left). Unmapped statuses send nothing.
+    # See docs/integrating.md and django_talonone.model_signals.
     "ORDER_MODEL": None,
     "ORDER_STATUS_FIELD": "status",
     "ORDER_STATUS_MAP": {},

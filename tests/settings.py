@@ -16,6 +16,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django_talonone",
+    # The test shop: an Order model with a status, for model-signal mode and adapter tests.
+    "tests.shop",
 ]
 
 MIDDLEWARE = [
@@ -59,3 +61,19 @@ TALONONE = {
     "BASE_URL": "http://127.0.0.1:9",
     "API_KEY": "tests-api-key",
 }
+
+# Integration suite: Celery workers are separate processes started by tests/integration; they
+# read the sandbox URL and the broker from the environment the test gives them.
+if os.environ.get("TALONONE_TEST_BASE_URL"):
+    TALONONE.update(
+        BASE_URL=os.environ["TALONONE_TEST_BASE_URL"],
+        API_KEY=os.environ.get("TALONONE_TEST_API_KEY", "sandbox-api-key"),
+    )
+if os.environ.get("TALONONE_TEST_SETTINGS"):
+    import json
+
+    TALONONE.update(json.loads(os.environ["TALONONE_TEST_SETTINGS"]))
+
+CELERY_BROKER_URL = os.environ.get("TALONONE_TEST_BROKER", "redis://127.0.0.1:6379/15")
+CELERY_TASK_ALWAYS_EAGER = False
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False

@@ -1,0 +1,795 @@
+"""Mirror Talon.One's answers into the local models.
+
+Each public function runs in one transaction: it finds or creates the rows it needs (safely under
+concurrency: create in a savepoint, and on IntegrityError re-read what the other writer made),
+writes what the answer says, and sends ``effects_updated`` / ``loyalty_updated`` once the
+transaction has committed.
+
+What goes where:
+
+- ``customerSession`` → :class:`CustomerSession` columns, its cart → :class:`CartItem` rows
+  (position = index in ``cartItems``); the rest of the answer (coupons, referral, triggered
+  campaigns, created coupons, return, ...) is kept in ``CustomerSession.raw``.
+- ``effects`` → :class:`Effect` rows. Every answer carries the complete current set, so it replaces
+  the session's current rows. While a session stays open the old set is deleted; once a session is
+  (or was) closed, cancelled or returned the old set is kept with ``is_current=False`` as history.
+- ``customerProfile`` → :class:`CustomerProfile` and its audience memberships; ``loyalty`` ledgers
+  → :class:`LoyaltyBalance` and :class:`LoyaltyMembership` rows.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any, TypeVar
+
+from django.contrib.auth import get_user_model
+from django.contrib.contenttypes.models import ContentType
+from django.db import IntegrityError, models, transaction
+from django.db.models import Q
+from django.dispatch import Signal
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from . import signals
+from .models import (
+    Audience,
+    AudienceMembership,
+    CartItem,
+    CustomerProfile,
+    CustomerSession,
+    Effect,
+    LoyaltyBalance,
+    LoyaltyMembership,
+    Push,
+)
+
+__all__ = [
+    "DISCOUNT_EFFECTS",
+    "discount_total",
+    "mirror_customer_session",
+    "mirror_loyalty_balances",
+    "mirror_profile_answer",
+    "mirror_reopen_answer",
+    "mirror_session_answer",
+    "purge_profile",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Effect types whose ``props.value`` is money taken off the session.
+DISCOUNT_EFFECTS = frozenset(
+    {
+        "setDiscount",
+        "setDiscountPerItem",
+        "setDiscountPerAdditionalCost",
+        "setDiscountPerAdditionalCostPerItem",
+    }
+)
+# Effect types whose props.value is the coupon code they concern.
+COUPON_EFFECTS = frozenset({"acceptCoupon", "rejectCoupon", "rollbackCoupon"})
+# Parts of an answer that get rows of their own; everything else is kept in CustomerSession.raw.
+MIRRORED_ELSEWHERE = frozenset({"effects", "customerProfile", "loyalty"})
+# Keys under which effects name a customer; purge_profile blanks them.
+PERSONAL_KEYS = frozenset(
+    {
+        "recipientIntegrationId",
+        "profileIntegrationId",
+        "profileId",
+        "advocateProfileIntegrationId",
+        "friendProfileIntegrationId",
+        "cardIdentifier",
+        "integrationId",
+    }
+)
+TERMINAL_PUSH_STATES = (Push.State.DONE, Push.State.FAILED, Push.State.DEAD)
+
+M = TypeVar("M", bound=models.Model)
+
+
+def mirror_session_answer(
+    session_id: str,
+    answer: Mapping[str, Any],
+    *,
+    order: models.Model | None = None,
+    sent_payload: Mapping[str, Any] | None = None,
+) -> CustomerSession:
+    """Mirror an IntegrationStateV2 (a session update or a return) and return the session.
+
+    Without ``customerSession`` in the answer (not asked for in ``responseContent``), the cart,
+    codes and state come from ``sent_payload``, the request body that produced the answer.
+    """
+    return _mirror_session(session_id, answer, order=order, sent_payload=sent_payload)
+
+
+def mirror_reopen_answer(session_id: str, answer: Mapping[str, Any]) -> CustomerSession:
+    """Mirror a ReopenSessionResponse (``{effects}``): the session is open again."""
+    now = timezone.now()
+    with transaction.atomic():
+        session, _ = _get_or_create(CustomerSession, {"integration_id": session_id}, lock=True)
+        previous_state = session.state
+        session.state = CustomerSession.State.OPEN
+        effects = _replace_effects(session, answer.get("effects") or [], previous_state, now)
+        session.discount_total = discount_total(effects)
+        session.synced_at = now
+        session.save()
+        _send_on_commit(signals.effects_updated, CustomerSession, session=session, effects=effects)
+    return session
+
+
+def mirror_customer_session(session_id: str, answer: Mapping[str, Any]) -> CustomerSession:
+    """Mirror a GetCustomerSession answer (``{customerSession, effects}``), e.g. to reconcile."""
+    return _mirror_session(session_id, answer, order=None, sent_payload=None)
+
+
+def mirror_profile_answer(
+    integration_id: str, answer: Mapping[str, Any], *, user: Any = None
+) -> CustomerProfile:
+    """Mirror a CustomerProfileIntegrationResponseV2 and link the profile to ``user`` if given.
+
+    The profile's own effects (from ``runRuleEngine``) have no session to hang on and are not
+    stored; their outcome shows in the profile, audience and loyalty parts mirrored here.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        profile, _ = _get_or_create(CustomerProfile, {"integration_id": integration_id}, lock=True)
+        data = answer.get("customerProfile")
+        if isinstance(data, Mapping):
+            _apply_profile(profile, data, now)
+        if user is not None:
+            _link_user(profile, user)
+        balances = _mirror_loyalty(profile, answer.get("loyalty"), now)
+        profile.synced_at = now
+        profile.save()
+        if balances:
+            _send_on_commit(signals.loyalty_updated, CustomerProfile, profile=profile)
+    return profile
+
+
+def mirror_loyalty_balances(
+    integration_id: str, program_id: int, answer: Mapping[str, Any]
+) -> list[LoyaltyBalance]:
+    """Mirror a LoyaltyBalancesWithTiers answer (``{balance, subledgerBalances}``) of one program.
+
+    Tier fields are only written when the answer carries them (ask with ``include_tiers``).
+    """
+    now = timezone.now()
+    ledgers: dict[str, Any] = {}
+    if isinstance(answer.get("balance"), Mapping):
+        ledgers[""] = answer["balance"]
+    for subledger, balance in (answer.get("subledgerBalances") or {}).items():
+        if isinstance(balance, Mapping):
+            ledgers[str(subledger)] = balance
+    with transaction.atomic():
+        profile, _ = _get_or_create(CustomerProfile, {"integration_id": integration_id})
+        wanted = {
+            (int(program_id), subledger): _balance_fields(data, now)
+            for subledger, data in ledgers.items()
+        }
+        rows = _upsert_balances(profile, wanted)
+        if rows:
+            _send_on_commit(signals.loyalty_updated, CustomerProfile, profile=profile)
+    return rows
+
+
+def purge_profile(integration_id: str) -> None:
+    """Remove a customer's personal data from the mirror after Talon.One deleted it.
+
+    Deleted: the profile row with its attributes, raw payload, user link, audience memberships,
+    loyalty memberships and balances. Blanked on the customer's sessions: the profile id,
+    attributes, identifiers, loyalty cards and raw payloads; on their cart lines: attributes and
+    raw payloads; in their effects: every key naming a customer; finished pushes: their payload.
+    Kept, as anonymous aggregates: each session's state, totals, cart SKUs, quantities and prices,
+    coupon and referral codes, effects, and its link to the shop's order (the shop's own order
+    data is the shop's to erase).
+    """
+    with transaction.atomic():
+        profile = CustomerProfile.objects.filter(integration_id=integration_id).first()
+        owned = Q(profile_integration_id=integration_id)
+        if profile is not None:
+            owned |= Q(profile=profile)
+        sessions = list(
+            CustomerSession.objects.select_for_update()
+            .filter(owned)
+            .values_list("pk", "integration_id")
+        )
+        session_pks = [pk for pk, _ in sessions]
+        CustomerSession.objects.filter(pk__in=session_pks).update(
+            profile=None,
+            profile_integration_id="",
+            attributes={},
+            identifiers=[],
+            loyalty_cards=[],
+            raw={},
+        )
+        CartItem.objects.filter(session_id__in=session_pks).update(attributes={}, raw={})
+        effects = list(Effect.objects.filter(session_id__in=session_pks))
+        for effect in effects:
+            effect.props = _scrub(effect.props, integration_id)
+            effect.raw = _scrub(effect.raw, integration_id)
+        Effect.objects.bulk_update(effects, ["props", "raw"], batch_size=500)
+        pushes = Q(key=f"profile:{integration_id}") | Q(session_id__in=session_pks)
+        pushes |= Q(key__in=[f"session:{sid}" for _, sid in sessions])
+        if profile is not None:
+            pushes |= Q(profile=profile)
+        Push.objects.filter(pushes, state__in=TERMINAL_PUSH_STATES).update(payload={})
+        if profile is not None:
+            profile.delete()
+    logger.info("purged the local data of a deleted customer profile (%d sessions)", len(sessions))
+
+
+def discount_total(effects: list[Effect]) -> Decimal:
+    """The net discount of a set of effect rows: discounts minus rolled-back discounts, ≥ 0.
+
+    A cancellation answers with the rollbacks alone, so the floor at zero is the order's net
+    discount once it has been cancelled.
+    """
+    total = Decimal(0)
+    for effect in effects:
+        if effect.effect_type in DISCOUNT_EFFECTS:
+            total += _decimal(effect.props.get("value"))
+        elif effect.effect_type == "rollbackDiscount":
+            total -= _decimal(effect.props.get("value"))
+    return max(total, Decimal(0))
+
+
+# ---- sessions --------------------------------------------------------------------------------
+
+
+def _mirror_session(
+    session_id: str,
+    answer: Mapping[str, Any],
+    *,
+    order: models.Model | None,
+    sent_payload: Mapping[str, Any] | None,
+) -> CustomerSession:
+    now = timezone.now()
+    sent = sent_payload or {}
+    with transaction.atomic():
+        session, _ = _get_or_create(CustomerSession, {"integration_id": session_id}, lock=True)
+        previous_state = session.state
+        data = answer.get("customerSession")
+        if isinstance(data, Mapping) and data:
+            _apply_session(session, data, now)
+        elif isinstance(sent.get("customerSession"), Mapping):
+            _apply_sent_session(session, sent["customerSession"], now)
+        elif isinstance(sent.get("return"), Mapping):
+            _apply_sent_return(session, sent["return"])
+        profile = _session_profile(session, answer, order, now)
+        balances = _mirror_loyalty(profile, answer.get("loyalty"), now) if profile else []
+        if isinstance(order, models.Model) and order.pk is not None:
+            session.order_type = ContentType.objects.get_for_model(order)
+            session.order_id = str(order.pk)
+        effects = _replace_effects(session, answer.get("effects") or [], previous_state, now)
+        session.discount_total = discount_total(effects)
+        session.raw = _session_raw(session.raw, answer)
+        session.synced_at = now
+        session.save()
+        _send_on_commit(signals.effects_updated, CustomerSession, session=session, effects=effects)
+        if balances and profile is not None:
+            _send_on_commit(signals.loyalty_updated, CustomerProfile, profile=profile)
+    return session
+
+
+def _apply_session(session: CustomerSession, data: Mapping[str, Any], now: Any) -> None:
+    """Copy a CustomerSessionV2 onto the row (and its cart lines)."""
+    session.talon_id = _int(data.get("id")) or session.talon_id
+    session.application_id = _int(data.get("applicationId")) or session.application_id
+    if "profileId" in data:
+        session.profile_integration_id = str(data.get("profileId") or "")
+    if "storeIntegrationId" in data:
+        session.store_integration_id = str(data.get("storeIntegrationId") or "")
+    _set_state(session, data.get("state"))
+    _copy_codes(session, data)
+    for key, field in (("loyaltyCards", "loyalty_cards"), ("identifiers", "identifiers")):
+        if key in data:
+            setattr(session, field, list(data.get(key) or []))
+    if "attributes" in data:
+        session.attributes = dict(data.get("attributes") or {})
+    if "additionalCosts" in data:
+        session.additional_costs = dict(data.get("additionalCosts") or {})
+    if "cartItems" in data:
+        last = session.raw.get("customerSession") if isinstance(session.raw, Mapping) else None
+        # The last answer's cart is at hand: an unchanged cart costs no queries.
+        if not isinstance(last, Mapping) or last.get("cartItems") != data.get("cartItems"):
+            _replace_cart_items(session, data.get("cartItems") or [])
+    for key, field in (
+        ("total", "total"),
+        ("cartItemTotal", "cart_item_total"),
+        ("additionalCostTotal", "additional_cost_total"),
+    ):
+        if key in data:
+            setattr(session, field, _decimal(data.get(key)))
+    if "firstSession" in data:
+        session.first_session = bool(data.get("firstSession"))
+    if "updateCount" in data:
+        session.update_count = _int(data.get("updateCount")) or 0
+    session.talon_created = _datetime(data.get("created")) or session.talon_created
+    session.talon_updated = _datetime(data.get("updated")) or session.talon_updated
+
+
+def _apply_sent_session(session: CustomerSession, sent: Mapping[str, Any], now: Any) -> None:
+    """Take the cart, codes and state from the request that was answered (a NewCustomerSessionV2).
+
+    Totals are computed locally, as Talon.One would: before any discount.
+    """
+    if "profileId" in sent:
+        session.profile_integration_id = str(sent.get("profileId") or "")
+    _set_state(session, sent.get("state"))
+    _copy_codes(session, sent)
+    if "attributes" in sent:
+        session.attributes = {**session.attributes, **dict(sent.get("attributes") or {})}
+    if "additionalCosts" in sent:
+        session.additional_costs = dict(sent.get("additionalCosts") or {})
+        session.additional_cost_total = sum(
+            (_decimal(cost.get("price")) for cost in session.additional_costs.values()),
+            Decimal(0),
+        )
+    if "cartItems" in sent:
+        items = sent.get("cartItems") or []
+        _replace_cart_items(session, items)
+        session.cart_item_total = sum(
+            (_decimal(item.get("price")) * _decimal(item.get("quantity")) for item in items),
+            Decimal(0),
+        )
+    session.total = session.cart_item_total + session.additional_cost_total
+
+
+def _apply_sent_return(session: CustomerSession, sent: Mapping[str, Any]) -> None:
+    """Record a return that was answered without the session: count the returned units locally."""
+    lines = {item.position: item for item in session.cart_items.all()}
+    for returned in sent.get("returnedCartItems") or []:
+        line = lines.get(_int(returned.get("position")))
+        if line is None:
+            continue
+        line.returned_quantity += _int(returned.get("quantity")) or 0
+        line.remaining_quantity = max(line.quantity - line.returned_quantity, 0)
+        line.save(update_fields=["returned_quantity", "remaining_quantity"])
+    session.state = CustomerSession.State.PARTIALLY_RETURNED
+
+
+def _set_state(session: CustomerSession, state: Any) -> None:
+    if state in CustomerSession.State.values:
+        session.state = state
+    elif state:
+        logger.warning("session %s: unknown state %r ignored", session.integration_id, state)
+
+
+def _copy_codes(session: CustomerSession, data: Mapping[str, Any]) -> None:
+    if "couponCodes" in data:
+        session.coupon_codes = [str(code) for code in data.get("couponCodes") or []]
+    if "referralCode" in data:
+        session.referral_code = str(data.get("referralCode") or "")[:100]
+
+
+def _replace_cart_items(session: CustomerSession, items: list[Mapping[str, Any]]) -> None:
+    session.cart_items.all().delete()
+    CartItem.objects.bulk_create(
+        [
+            CartItem(
+                session=session,
+                position=position,
+                sku=str(item.get("sku") or "")[:255],
+                name=str(item.get("name") or "")[:500],
+                quantity=_int(item.get("quantity")) or 0,
+                returned_quantity=_int(item.get("returnedQuantity")) or 0,
+                remaining_quantity=_int(item.get("remainingQuantity")),
+                price=None if item.get("price") is None else _decimal(item.get("price")),
+                category=str(item.get("category") or "")[:255],
+                attributes=dict(item.get("attributes") or {}),
+                raw=dict(item),
+            )
+            for position, item in enumerate(items)
+            if isinstance(item, Mapping)
+        ]
+    )
+
+
+def _session_raw(previous: Mapping[str, Any], answer: Mapping[str, Any]) -> dict[str, Any]:
+    raw = {key: value for key, value in answer.items() if key not in MIRRORED_ELSEWHERE}
+    # An answer without the session (not asked for) must not make us forget the last one seen.
+    kept = previous.get("customerSession") if isinstance(previous, Mapping) else None
+    if not raw.get("customerSession") and kept:
+        # Its cart is stale now (the request changed it, or a return did): leave the cart out,
+        # which also makes the next answer rewrite the CartItem rows.
+        raw["customerSession"] = {k: v for k, v in kept.items() if k != "cartItems"}
+    return raw
+
+
+def _session_profile(
+    session: CustomerSession, answer: Mapping[str, Any], order: Any, now: Any
+) -> CustomerProfile | None:
+    data = answer.get("customerProfile")
+    integration_id = session.profile_integration_id
+    if isinstance(data, Mapping) and data.get("integrationId"):
+        integration_id = str(data["integrationId"])
+    if not integration_id:
+        session.profile = None
+        return None
+    profile, _ = _get_or_create(CustomerProfile, {"integration_id": integration_id}, lock=True)
+    changed = False
+    if isinstance(data, Mapping) and data:
+        _apply_profile(profile, data, now)
+        profile.synced_at = now
+        changed = True
+    if order is not None and profile.user_id is None:
+        changed = _link_order_user(profile, order) or changed
+    if changed:
+        profile.save()
+    session.profile = profile
+    session.profile_integration_id = integration_id
+    return profile
+
+
+# ---- effects ---------------------------------------------------------------------------------
+
+
+def _replace_effects(
+    session: CustomerSession, answered: list[Any], previous_state: str, now: Any
+) -> list[Effect]:
+    """Make ``answered`` the session's current effects; returns the current rows."""
+    answered = [effect for effect in answered if isinstance(effect, Mapping)]
+    current = list(session.effects.filter(is_current=True).order_by("id"))
+    if [row.raw for row in current] == answered:
+        # The same set again (a reconciling read, an unchanged cart): no churn, no extra history.
+        if any(row.evaluation != session.update_count for row in current):
+            session.effects.filter(is_current=True).update(evaluation=session.update_count)
+            for row in current:
+                row.evaluation = session.update_count
+        return current
+    open_ = CustomerSession.State.OPEN
+    if previous_state != open_ or session.state != open_:
+        session.effects.filter(is_current=True).update(is_current=False)
+    else:
+        session.effects.filter(is_current=True).delete()
+    codes = _accepted_codes(answered)
+    rows = [_effect_row(session, effect, codes, now) for effect in answered]
+    return Effect.objects.bulk_create(rows)
+
+
+def _effect_row(
+    session: CustomerSession,
+    effect: Mapping[str, Any],
+    codes: dict[tuple[int | None, int | None], str],
+    now: Any,
+) -> Effect:
+    props = effect.get("props")
+    props = dict(props) if isinstance(props, Mapping) else {}
+    position = props.get("position", props.get("cartItemPosition"))
+    sub_position = props.get("subPosition", props.get("cartItemSubPosition"))
+    effect_type = str(effect.get("effectType") or "")
+    return Effect(
+        session=session,
+        campaign_id=_int(effect.get("campaignId")) or 0,
+        ruleset_id=_int(effect.get("rulesetId")),
+        rule_index=_int(effect.get("ruleIndex")),
+        rule_name=str(effect.get("ruleName") or "")[:500],
+        effect_type=effect_type[:100],
+        props=props,
+        position=_int(position),
+        sub_position=_int(sub_position),
+        triggered_by_coupon=_int(effect.get("triggeredByCoupon")),
+        coupon_code=_coupon_code(effect, effect_type, props, codes)[:100],
+        evaluation=session.update_count,
+        is_current=True,
+        raw=dict(effect),
+        created_at=now,
+    )
+
+
+def _accepted_codes(effects: list[Mapping[str, Any]]) -> dict[tuple[int | None, int | None], str]:
+    """Coupon codes from acceptCoupon effects, by (campaign, coupon id) and by (campaign, None)."""
+    codes: dict[tuple[int | None, int | None], str] = {}
+    per_campaign: dict[int | None, set[str]] = {}
+    for effect in effects:
+        if effect.get("effectType") != "acceptCoupon":
+            continue
+        props = effect.get("props") if isinstance(effect.get("props"), Mapping) else {}
+        code = str(props.get("value") or "")
+        if not code:
+            continue
+        campaign = _int(effect.get("campaignId"))
+        codes[(campaign, _int(effect.get("triggeredByCoupon")))] = code
+        per_campaign.setdefault(campaign, set()).add(code)
+    for campaign, found in per_campaign.items():
+        # By campaign alone only when it is unambiguous: one accepted code in that campaign.
+        if len(found) == 1:
+            codes.setdefault((campaign, None), next(iter(found)))
+    return codes
+
+
+def _coupon_code(
+    effect: Mapping[str, Any],
+    effect_type: str,
+    props: Mapping[str, Any],
+    codes: dict[tuple[int | None, int | None], str],
+) -> str:
+    if effect_type in COUPON_EFFECTS:
+        return str(props.get("value") or "")
+    coupon = _int(effect.get("triggeredByCoupon"))
+    if coupon is None:
+        return ""
+    campaign = _int(effect.get("campaignId"))
+    return codes.get((campaign, coupon)) or codes.get((campaign, None)) or ""
+
+
+# ---- profiles, audiences, loyalty ------------------------------------------------------------
+
+
+def _apply_profile(profile: CustomerProfile, data: Mapping[str, Any], now: Any) -> None:
+    """Copy a CustomerProfile / AudienceCustomer payload onto the row and its audiences."""
+    profile.talon_id = _int(data.get("id")) or profile.talon_id
+    profile.account_id = _int(data.get("accountId")) or profile.account_id
+    if "attributes" in data:
+        profile.attributes = dict(data.get("attributes") or {})
+    if "closedSessions" in data:
+        profile.closed_sessions = _int(data.get("closedSessions")) or 0
+    if "totalSales" in data:
+        profile.total_sales = _decimal(data.get("totalSales"))
+    profile.last_activity = _datetime(data.get("lastActivity")) or profile.last_activity
+    if "sandbox" in data:
+        profile.sandbox = bool(data.get("sandbox"))
+    if "advocateIntegrationId" in data:
+        profile.advocate_integration_id = str(data.get("advocateIntegrationId") or "")
+    if "connectedApplicationsIds" in data:
+        profile.connected_application_ids = list(data.get("connectedApplicationsIds") or [])
+    if "connectedAudiences" in data:
+        profile.connected_audience_ids = list(data.get("connectedAudiences") or [])
+    profile.talon_created = _datetime(data.get("created")) or profile.talon_created
+    previous = profile.raw.get("audienceMemberships") if isinstance(profile.raw, Mapping) else None
+    profile.raw = dict(data)
+    memberships = data.get("audienceMemberships")
+    # Only the mirror writes memberships, so an unchanged list needs no queries.
+    if isinstance(memberships, list) and memberships != previous:
+        _replace_audiences(profile, memberships, now)
+
+
+def _replace_audiences(profile: CustomerProfile, memberships: list[Any], now: Any) -> None:
+    wanted: dict[int, str] = {}
+    for membership in memberships:
+        if isinstance(membership, Mapping) and _int(membership.get("id")) is not None:
+            wanted[_int(membership["id"])] = str(membership.get("name") or "")[:500]
+    profile.audience_memberships.exclude(audience__talon_id__in=list(wanted)).delete()
+    present = set(profile.audience_memberships.values_list("audience__talon_id", flat=True))
+    for talon_id, name in wanted.items():
+        audience, created = _get_or_create(Audience, {"talon_id": talon_id}, {"name": name})
+        if not created and name and audience.name != name:
+            audience.name = name
+            audience.save(update_fields=["name"])
+        if talon_id not in present:
+            _get_or_create(
+                AudienceMembership, {"profile": profile, "audience": audience}, {"synced_at": now}
+            )
+
+
+def _link_user(profile: CustomerProfile, user: Any) -> None:
+    """Link the profile to the shop's user, taking the link from any other profile that had it."""
+    if not _is_saved_user(user) or profile.user_id == user.pk:
+        return
+    CustomerProfile.objects.filter(user=user).exclude(pk=profile.pk).update(user=None)
+    profile.user = user
+
+
+def _link_order_user(profile: CustomerProfile, order: Any) -> bool:
+    """Link an unlinked profile to the order's user when the adapter says it is theirs."""
+    from .adapters import get_adapter  # adapters import nothing from here; keep the import lazy
+
+    adapter = get_adapter()
+    try:
+        user = adapter.user(order)
+        if not _is_saved_user(user) or adapter.profile_id_for_user(user) != profile.integration_id:
+            return False
+    except Exception:  # the adapter is shop code; a bad hook must not stop the mirror
+        logger.exception("adapter could not tell the user of %r", type(order).__name__)
+        return False
+    # Never steal a link: that user may already own another profile.
+    if CustomerProfile.objects.filter(user=user).exists():
+        return False
+    profile.user = user
+    return True
+
+
+def _is_saved_user(user: Any) -> bool:
+    return isinstance(user, get_user_model()) and user.pk is not None
+
+
+def _mirror_loyalty(
+    profile: CustomerProfile | None, loyalty: Any, now: Any
+) -> list[LoyaltyBalance]:
+    """Upsert the profile ledgers of a Loyalty answer part; card ledgers are not mirrored."""
+    if profile is None or not isinstance(loyalty, Mapping):
+        return []
+    programs: dict[int, Mapping[str, Any]] = {}
+    for key, program in (loyalty.get("programs") or {}).items():
+        program_id = _int(program.get("id")) or _int(key) if isinstance(program, Mapping) else None
+        if program_id is None:
+            logger.warning("loyalty program without an id in an answer: %r", key)
+            continue
+        programs[program_id] = program
+    if not programs:
+        return []
+    members = {
+        member.program_id: member
+        for member in LoyaltyMembership.objects.filter(profile=profile, program_id__in=programs)
+    }
+    wanted: dict[tuple[int, str], dict[str, Any]] = {}
+    for program_id, program in programs.items():
+        joined = _datetime(program.get("joinDate"))
+        raw = {k: v for k, v in program.items() if k not in ("ledger", "subLedgers")}
+        member = members.get(program_id)
+        if member is None:
+            lookup = {"profile": profile, "program_id": program_id}
+            member, _created = _get_or_create(
+                LoyaltyMembership, lookup, {"joined": joined, "raw": raw}
+            )
+        if (member.joined, member.raw) != (joined or member.joined, raw):
+            member.joined, member.raw = joined or member.joined, raw
+            member.save(update_fields=["joined", "raw"])
+        ledgers = {"": program.get("ledger"), **(program.get("subLedgers") or {})}
+        for subledger, info in ledgers.items():
+            if isinstance(info, Mapping):
+                wanted[(program_id, str(subledger))] = _ledger_fields(info, now)
+    return _upsert_balances(profile, wanted)
+
+
+def _ledger_fields(info: Mapping[str, Any], now: Any) -> dict[str, Any]:
+    """LedgerInfo → LoyaltyBalance fields; spent/expired are deprecated there (always 0)."""
+    fields: dict[str, Any] = {
+        "active_points": _decimal(info.get("currentBalance")),
+        "pending_points": _decimal(info.get("pendingBalance")),
+        "raw": dict(info),
+        "fetched_at": now,
+    }
+    if "negativeBalance" in info:
+        fields["negative_points"] = _decimal(info.get("negativeBalance"))
+    fields.update(_tier_fields(info))
+    return fields
+
+
+def _balance_fields(info: Mapping[str, Any], now: Any) -> dict[str, Any]:
+    """LoyaltyBalanceWithTier → LoyaltyBalance fields."""
+    fields: dict[str, Any] = {
+        "active_points": _decimal(info.get("activePoints")),
+        "pending_points": _decimal(info.get("pendingPoints")),
+        "spent_points": _decimal(info.get("spentPoints")),
+        "expired_points": _decimal(info.get("expiredPoints")),
+        "negative_points": _decimal(info.get("negativePoints")),
+        "raw": dict(info),
+        "fetched_at": now,
+    }
+    fields.update(_tier_fields(info))
+    if "nextTierName" in info:
+        fields["next_tier_name"] = str(info.get("nextTierName") or "")[:255]
+    return fields
+
+
+def _tier_fields(info: Mapping[str, Any]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    tier = info.get("currentTier")
+    if isinstance(tier, Mapping):
+        fields["tier_id"] = _int(tier.get("id"))
+        fields["tier_name"] = str(tier.get("name") or "")[:255]
+        fields["tier_expiry"] = _datetime(tier.get("expiryDate"))
+    if "pointsToNextTier" in info:
+        value = info.get("pointsToNextTier")
+        fields["points_to_next_tier"] = None if value is None else _decimal(value)
+    return fields
+
+
+def _upsert_balances(
+    profile: CustomerProfile, wanted: dict[tuple[int, str], dict[str, Any]]
+) -> list[LoyaltyBalance]:
+    """Write each (program, subledger) → fields, reading the existing rows in one query."""
+    programs = {program_id for program_id, _ in wanted}
+    existing = {
+        (balance.program_id, balance.subledger_id): balance
+        for balance in LoyaltyBalance.objects.select_for_update().filter(
+            profile=profile, program_id__in=programs
+        )
+    }
+    rows = []
+    for (program_id, subledger_id), fields in wanted.items():
+        balance = existing.get((program_id, subledger_id))
+        if balance is None:
+            lookup = {"profile": profile, "program_id": program_id, "subledger_id": subledger_id}
+            balance, created = _get_or_create(LoyaltyBalance, lookup, fields, lock=True)
+            if created:
+                rows.append(balance)
+                continue
+        for name, value in fields.items():
+            setattr(balance, name, value)
+        # One UPDATE per ledger: cheaper than bulk_update's CASE expressions for a handful of rows.
+        balance.save(update_fields=list(fields))
+        rows.append(balance)
+    return rows
+
+
+# ---- plumbing --------------------------------------------------------------------------------
+
+
+def _get_or_create(
+    model: type[M],
+    lookup: dict[str, Any],
+    defaults: dict[str, Any] | None = None,
+    *,
+    lock: bool = False,
+) -> tuple[M, bool]:
+    """Fetch or create one row, surviving a concurrent insert of the same row.
+
+    The create runs in a savepoint: when another transaction inserted the row first, the unique
+    constraint fails only the savepoint and we re-read the winner's row. ``lock`` takes a row lock
+    (PostgreSQL) so that two mirrors of one session or profile apply one after the other.
+    """
+    manager = model._default_manager
+    queryset = manager.select_for_update() if lock else manager.all()
+    try:
+        return queryset.get(**lookup), False
+    except model.DoesNotExist:
+        pass
+    try:
+        with transaction.atomic():
+            return manager.create(**lookup, **(defaults or {})), True
+    except IntegrityError:
+        return queryset.get(**lookup), False
+
+
+def _send_on_commit(signal: Signal, sender: type[models.Model], **kwargs: Any) -> None:
+    transaction.on_commit(lambda: _send(signal, sender, **kwargs))
+
+
+def _send(signal: Signal, sender: type[models.Model], **kwargs: Any) -> None:
+    # A shop's receiver that raises must not break the push that mirrored the answer.
+    for receiver, result in signal.send_robust(sender=sender, **kwargs):
+        if isinstance(result, Exception):
+            logger.error(
+                "receiver %r of a django-talonone signal raised",
+                receiver,
+                exc_info=(type(result), result, result.__traceback__),
+            )
+
+
+def _scrub(value: Any, integration_id: str) -> Any:
+    if isinstance(value, Mapping):
+        return {
+            key: ("" if key in PERSONAL_KEYS else _scrub(item, integration_id))
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_scrub(item, integration_id) for item in value]
+    return "" if value == integration_id else value
+
+
+def _int(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        try:
+            return int(Decimal(str(value)))
+        except (InvalidOperation, ValueError, OverflowError):
+            return None
+
+
+def _decimal(value: Any) -> Decimal:
+    if value is None or isinstance(value, bool):
+        return Decimal(0)
+    try:
+        result = Decimal(str(value))
+    except InvalidOperation:
+        return Decimal(0)
+    return result if result.is_finite() else Decimal(0)
+
+
+def _datetime(value: Any) -> Any:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = parse_datetime(value)
+    except ValueError:
+        return None
+    if parsed is not None and timezone.is_naive(parsed):
+        parsed = timezone.make_aware(parsed, datetime.timezone.utc)
+    return parsed

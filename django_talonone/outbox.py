@@ -1,0 +1,956 @@
+"""The outbox: record pushes in the shop's transaction, then send them one key at a time.
+
+A :class:`~django_talonone.models.Push` row is the durable record of one request to the Integration
+API. :func:`enqueue` writes it in the caller's transaction and wakes a sender when that transaction
+commits (in-process, or through the ``django_talonone.push`` Celery task). :func:`process_key`
+sends the rows of one key (a session or a profile) strictly in id order, one at a time, folding
+consecutive cart updates into the latest, and mirrors each answer. :func:`sweep` re-wakes rows whose
+wake-up call was lost and takes back rows from workers that died.
+
+The row's ``payload`` holds the call: ``{"args": [path args], "body": {...}, "query": {...},
+"headers": {...}, "link": {"order": ["app_label.model", "pk"], "user": "pk"}}``; every part but
+``args`` may be left out. ``link`` names the shop's objects the mirror attaches to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+import random
+import socket
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.signals import setting_changed
+from django.db import DatabaseError, OperationalError, connection, transaction
+from django.db.models import Exists, F, OuterRef, Q
+from django.utils import timezone
+
+from . import ratelimit
+from .client import IntegrationClient, NotFoundError, RateLimitedError, TalonOneError
+from .conf import settings
+from .models import CustomerProfile, CustomerSession, Push
+
+__all__ = [
+    "DELETE_CUSTOMER",
+    "OPERATIONS",
+    "REOPEN_SESSION",
+    "RETURN_ITEMS",
+    "TRACK_EVENT",
+    "UPDATE_PROFILE",
+    "UPDATE_SESSION",
+    "Attempt",
+    "dispatch",
+    "enqueue",
+    "get_client",
+    "make_link",
+    "make_payload",
+    "process_due",
+    "process_key",
+    "profile_key",
+    "record_failure",
+    "retry_dead",
+    "schedule",
+    "send_now",
+    "session_key",
+    "sweep",
+]
+
+logger = logging.getLogger("django_talonone.outbox")
+
+UPDATE_SESSION = "update_customer_session_v2"
+RETURN_ITEMS = "return_cart_items"
+REOPEN_SESSION = "reopen_customer_session"
+UPDATE_PROFILE = "update_customer_profile_v2"
+DELETE_CUSTOMER = "delete_customer_data"
+TRACK_EVENT = "track_event_v2"
+#: The client methods a push may call.
+OPERATIONS = frozenset(
+    {UPDATE_SESSION, RETURN_ITEMS, REOPEN_SESSION, UPDATE_PROFILE, DELETE_CUSTOMER, TRACK_EVENT}
+)
+#: Session states whose update is a state change (a barrier: never coalesced, reconciled).
+CLOSING_STATES = frozenset({"closed", "cancelled"})
+
+UNFINISHED = (Push.State.PENDING, Push.State.IN_FLIGHT)
+#: Rows one process_key call sends before it hands the key back (keeps one key from hogging a
+#: worker while others wait).
+MAX_ROWS_PER_CALL = 1000
+#: Rows folded into one request at most.
+MAX_COALESCE = 500
+#: The sweep re-wakes pending rows due for at least this long (a fresh row's message is on its way).
+SWEEP_GRACE = 10.0
+
+
+# --- keys and payloads ------------------------------------------------------------------------
+
+
+def session_key(session_id: str) -> str:
+    """The outbox key of a customer session."""
+    return f"session:{session_id}"
+
+
+def profile_key(profile_id: str) -> str:
+    """The outbox key of a customer profile (profile updates, deletions and events)."""
+    return f"profile:{profile_id}"
+
+
+def make_payload(
+    *args: Any,
+    body: Any = None,
+    query: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    link: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build a push payload: path args in path order, the wire body, query, headers, local links."""
+    payload: dict[str, Any] = {"args": list(args)}
+    if body is not None:
+        payload["body"] = body
+    if query:
+        payload["query"] = {k: v for k, v in query.items() if v is not None}
+    if headers:
+        payload["headers"] = dict(headers)
+    if link:
+        payload["link"] = {k: v for k, v in link.items() if v is not None}
+    return payload
+
+
+def make_link(*, order: Any = None, user: Any = None, **extra: Any) -> dict[str, Any] | None:
+    """The ``link`` part of a payload: the shop's order (a saved model instance) and user by pk.
+
+    The mirror attaches the session to that order and the profile to that user after the push.
+    """
+    link: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
+    if order is not None and getattr(order, "pk", None) is not None:
+        link["order"] = [order._meta.label_lower, str(order.pk)]
+    if user is not None and getattr(user, "pk", None) is not None:
+        link["user"] = str(user.pk)
+    return link or None
+
+
+# --- enqueue and wake-up ----------------------------------------------------------------------
+
+
+def enqueue(
+    operation: str,
+    key: str,
+    payload: dict[str, Any],
+    *,
+    session: CustomerSession | None = None,
+    profile: CustomerProfile | None = None,
+    source: str = "",
+) -> Push:
+    """Write a pending push in the caller's transaction; it is sent after that transaction commits.
+
+    If the transaction rolls back, the row and its wake-up call vanish together: nothing is sent.
+    """
+    if operation not in OPERATIONS:
+        raise ValueError(f"unknown push operation {operation!r}; one of {sorted(OPERATIONS)}")
+    push = Push.objects.create(
+        key=key,
+        operation=operation,
+        payload=payload,
+        session=session,
+        profile=profile,
+        source=source[:100],
+    )
+    schedule(key)
+    return push
+
+
+def schedule(key: str) -> None:
+    """Wake the sender for ``key`` once the current transaction commits (at once outside one).
+
+    Many rows for one key written in one transaction wake the sender once.
+    """
+    conn = transaction.get_connection()
+    if not conn.in_atomic_block:
+        dispatch(key)
+        return
+    scheduled: dict[str, Any] = conn.__dict__.setdefault("_talonone_scheduled", {})
+    pending = getattr(conn, "run_on_commit", None)  # Django's list of (savepoint ids, func, ...)
+    earlier = scheduled.get(key)
+    if earlier is not None and pending is not None and any(e[1] is earlier for e in pending):
+        return
+    if len(scheduled) > 1000 and pending is not None:
+        # Callbacks of rolled-back transactions never ran; forget them.
+        live = {id(e[1]) for e in pending}
+        for stale in [k for k, f in scheduled.items() if id(f) not in live]:
+            del scheduled[stale]
+
+    def wake() -> None:
+        if scheduled.get(key) is wake:
+            del scheduled[key]
+        dispatch(key)
+
+    scheduled[key] = wake
+    transaction.on_commit(wake)
+
+
+def dispatch(key: str, *, countdown: float | None = None) -> None:
+    """Run the sender for ``key`` now (inline) or send the Celery task; never raises.
+
+    With Celery, a broker that is down is logged and the row is left for :func:`sweep`.
+    """
+    if settings.DISPATCH == "celery":
+        try:
+            from .tasks import push as push_task
+
+            options = dict(settings.TASK_OPTIONS or {})
+            if countdown:
+                options["countdown"] = countdown
+            push_task.apply_async(args=[key], **options)
+        except Exception:
+            logger.exception("could not queue the push task for %s; the sweep will retry it", key)
+        return
+    if countdown:
+        return  # inline: retries wait for the next wake-up or the sweep
+    try:
+        process_key(key)
+    except Exception:
+        # Inline dispatch runs in the shop's request: a failure here must never reach it.
+        logger.exception("pushing %s failed; the rows stay in the outbox", key)
+
+
+# --- sending one key --------------------------------------------------------------------------
+
+
+@dataclass
+class Attempt:
+    """What one claimed push came to: ``outcome`` is done, retry, failed, dead, queued or lost."""
+
+    push: Push
+    outcome: str
+    answer: Any = None
+    error: BaseException | None = None
+    session: CustomerSession | None = None
+    profile: CustomerProfile | None = None
+    folded: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when the push is done (sent, or found already applied)."""
+        return self.outcome == "done"
+
+
+def process_key(key: str, *, client: IntegrationClient | None = None) -> int:
+    """Send the due pushes of ``key`` oldest first, one at a time; returns how many were finished.
+
+    Stops at the first row that is not due, is being sent by another worker, or failed and waits
+    for its retry: later rows of the key never overtake it.
+    """
+    if key in _active_keys():
+        return 0  # re-entered from a mirror signal: the outer loop picks the new row up
+    finished = 0
+    with _processing(key):
+        for _ in range(MAX_ROWS_PER_CALL):
+            claimed = claim(key)
+            if claimed is None:
+                return finished
+            push, token, folded = claimed
+            attempt = run(push, token, client=client or get_client())
+            attempt.folded = folded
+            if attempt.outcome not in ("done", "failed", "dead"):
+                return finished
+            finished += 1
+    if settings.DISPATCH == "celery":
+        dispatch(key)  # a long backlog: hand the key back so other keys get a worker too
+    return finished
+
+
+def claim(key: str) -> tuple[Push, str, list[int]] | None:
+    """Claim the head row of ``key`` (and fold the cart updates behind it) for sending.
+
+    Returns the row, now in flight, the claim token, and the ids of the rows folded into it; None
+    when the key has nothing due or another worker holds it.
+    """
+    now = timezone.now()
+    token = _new_token()
+    try:
+        with transaction.atomic():
+            head = _lock_head(key)
+            if head is None or head.state != Push.State.PENDING or head.next_attempt_at > now:
+                return None
+            run_rows = _coalescible_run(key, head) if _is_plain_update(head) else [head]
+            survivor, earlier = run_rows[-1], run_rows[:-1]
+            changes: dict[str, Any] = {
+                "state": Push.State.IN_FLIGHT,
+                "claimed_by": token,
+                "claimed_at": now,
+                "attempts": F("attempts") + 1,
+            }
+            if earlier:
+                survivor.payload = _merge_updates(run_rows)
+                changes["payload"] = survivor.payload
+                changes["coalesced"] = F("coalesced") + sum(1 + r.coalesced for r in earlier)
+            # Compare-and-set: only a pending row whose key has no earlier unfinished row and
+            # nothing in flight. On PostgreSQL the row lock already makes this true; on SQLite,
+            # which has no row locks but runs one writer at a time, this UPDATE is the lock.
+            others = Push.objects.filter(key=key, state__in=UNFINISHED).exclude(
+                pk__in=[r.pk for r in run_rows]
+            )
+            won = (
+                Push.objects.filter(pk=survivor.pk, state=Push.State.PENDING)
+                .exclude(Exists(others.filter(Q(pk__lt=survivor.pk) | Q(state="in_flight"))))
+                .update(**changes)
+            )
+            if not won:
+                return None
+            if earlier:
+                Push.objects.filter(pk__in=[r.pk for r in earlier], state="pending").update(
+                    state=Push.State.DONE,
+                    done_at=now,
+                    claimed_by=f"coalesced into #{survivor.pk}"[:255],
+                    claimed_at=now,
+                )
+    except OperationalError as exc:
+        if connection.vendor != "sqlite":
+            raise
+        # SQLite: another process wrote since our read ("database is locked"); it holds the key.
+        logger.debug("claiming %s lost a race: %s", key, exc)
+        return None
+    survivor.refresh_from_db()
+    return survivor, token, [r.pk for r in earlier]
+
+
+def run(
+    push: Push, token: str, *, client: IntegrationClient, max_wait: float | None = None
+) -> Attempt:
+    """Send one claimed push (reconciling first if an earlier try may have been applied), mirror
+    the answer and record the outcome on the row.
+
+    API and payload errors are recorded, not raised; only a database failure escapes (the row then
+    stays in flight until the sweep takes it back). ``max_wait`` bounds the wait for the rate
+    limit (None: as long as it takes).
+    """
+    try:
+        if push.outcome_unknown:
+            found = _reconcile(push, client)
+            if found is not None:
+                return _finish(push, token, found, client, reconciled=True)
+        answer = _send(push, client, max_wait=max_wait)
+    except TalonOneError as exc:
+        if (
+            isinstance(exc, NotFoundError)
+            and push.outcome_unknown
+            and push.operation == DELETE_CUSTOMER
+        ):
+            # The earlier, unanswered delete went through: the profile is gone.
+            return _finish(push, token, None, client)
+        return _fail(push, token, exc)
+    except Exception as exc:
+        # Not an API answer: a payload the client refuses (bad path arg, unserialisable body).
+        logger.exception("push #%s (%s %s) could not be sent", push.pk, push.operation, push.key)
+        return _fail(push, token, exc)
+    return _finish(push, token, answer, client)
+
+
+def send_now(
+    operation: str,
+    key: str,
+    payload: dict[str, Any],
+    *,
+    client: IntegrationClient,
+    session: CustomerSession | None = None,
+    source: str = "",
+    max_wait: float | None = None,
+) -> Attempt:
+    """Record a push and send it in this thread at once, unless its key is busy.
+
+    The row is written already in flight, so no worker sends for the key meanwhile. When the key
+    has earlier unfinished rows, or another sender holds it, the row is left pending behind them
+    (outcome ``queued``) and nothing is sent. The synchronous path of :func:`evaluate_cart`.
+    """
+    now = timezone.now()
+    token = _new_token()
+    push = Push.objects.create(
+        key=key,
+        operation=operation,
+        payload=payload,
+        session=session,
+        source=source[:100],
+        state=Push.State.IN_FLIGHT,
+        claimed_by=token,
+        claimed_at=now,
+        attempts=1,
+    )
+    busy = (
+        Push.objects.filter(key=key, state__in=UNFINISHED)
+        .exclude(pk=push.pk)
+        .filter(Q(pk__lt=push.pk) | Q(state=Push.State.IN_FLIGHT))
+        .exists()
+    )
+    if busy:
+        Push.objects.filter(pk=push.pk, claimed_by=token).update(
+            state=Push.State.PENDING, claimed_by="", claimed_at=None, attempts=0
+        )
+        push.refresh_from_db()
+        if settings.DISPATCH == "celery":
+            schedule(key)
+        return Attempt(push, "queued")
+    return run(push, token, client=client, max_wait=max_wait)
+
+
+def record_failure(
+    operation: str, key: str, exc: BaseException, *, source: str = "", payload: Any = None
+) -> Push | None:
+    """Record a push that could not even be built (e.g. the shop adapter raised) as failed.
+
+    Logs it and sends ``push_failed``; never raises, so the shop's code carries on.
+    """
+    message = _describe(exc)
+    logger.error("%s for %s could not be built (%s): %s", operation, key, source, message)
+    try:
+        with transaction.atomic():  # a savepoint: a failed insert must not break the shop's work
+            push = Push.objects.create(
+                key=key[:1100] or "unknown",
+                operation=operation[:100],
+                payload=payload if isinstance(payload, dict) else {},
+                state=Push.State.FAILED,
+                last_error=message,
+                error_class=type(exc).__name__[:100],
+                source=source[:100],
+                done_at=timezone.now(),
+            )
+    except Exception:
+        logger.exception("could not record the failed %s push for %s", operation, key)
+        return None
+    _announce_failure(push)
+    return push
+
+
+# --- the sweep, the due queue, dead rows --------------------------------------------------------
+
+
+def sweep(
+    *, now: datetime.datetime | None = None, grace: float = SWEEP_GRACE, wake: bool = True
+) -> dict[str, int]:
+    """Take back in-flight rows whose worker vanished and re-wake keys with overdue rows.
+
+    Returns counts: ``reclaimed`` (back to pending, to be reconciled), ``dead`` (reclaimed with no
+    attempts left) and ``woken`` (keys dispatched; none with ``wake=False``).
+    """
+    now = now or timezone.now()
+    stale = Q(state=Push.State.IN_FLIGHT) & (
+        Q(claimed_at__lt=now - datetime.timedelta(seconds=float(settings.IN_FLIGHT_TIMEOUT)))
+        | Q(claimed_at__isnull=True)
+    )
+    note = "reclaimed: its worker stopped answering while sending; the outcome is unknown"
+    # Their keys have no wake-up call on the way: wake them now, whatever the grace.
+    stale_keys = set(Push.objects.filter(stale).values_list("key", flat=True))
+    # A row whose worker keeps dying on it (say, out of memory) must not cycle for ever.
+    dead_ids = list(
+        Push.objects.filter(stale, attempts__gte=settings.MAX_ATTEMPTS).values_list("pk", flat=True)
+    )
+    dead = Push.objects.filter(stale, pk__in=dead_ids).update(
+        state=Push.State.DEAD,
+        outcome_unknown=True,
+        last_error=note,
+        error_class="Reclaimed",
+        done_at=now,
+        claimed_by="",
+        claimed_at=None,
+    )
+    reclaimed = Push.objects.filter(stale).update(
+        state=Push.State.PENDING,
+        outcome_unknown=True,
+        claimed_by="",
+        claimed_at=None,
+        next_attempt_at=now,
+        last_error=note,
+        error_class="Reclaimed",
+    )
+    if dead:
+        for push in Push.objects.filter(pk__in=dead_ids, state=Push.State.DEAD):
+            _announce_failure(push)
+    keys: list[str] = []
+    if wake:
+        overdue = due_keys(now=now - datetime.timedelta(seconds=grace))
+        keys = sorted(stale_keys | set(overdue))
+    for key in keys:
+        dispatch(key)
+    if reclaimed or dead or keys:
+        logger.info("sweep: %s reclaimed, %s dead, %s keys woken", reclaimed, dead, len(keys))
+    return {"reclaimed": reclaimed, "dead": dead, "woken": len(keys)}
+
+
+def due_keys(*, now: datetime.datetime | None = None, limit: int = 10_000) -> Iterator[str]:
+    """Keys whose oldest unfinished row is pending and due at ``now``."""
+    earlier = Push.objects.filter(key=OuterRef("key"), pk__lt=OuterRef("pk"), state__in=UNFINISHED)
+    qs = (
+        Push.objects.due(now or timezone.now())
+        .exclude(Exists(earlier))
+        .order_by()
+        .values_list("key", flat=True)
+    )
+    return iter(qs.distinct()[:limit])
+
+
+def process_due(*, limit: int = 10_000) -> int:
+    """Send every due push in this process, key by key; returns how many rows were finished."""
+    return sum(process_key(key) for key in list(due_keys(limit=limit)))
+
+
+def retry_dead(
+    *,
+    ids: Iterable[int] | None = None,
+    key: str | None = None,
+    include_failed: bool = False,
+) -> dict[str, int]:
+    """Put dead (and, if asked, failed) rows back in the queue with fresh attempts.
+
+    A cart update that a later update of its session has superseded is not re-sent (it would
+    overwrite the newer cart); it is counted as ``superseded`` and left as it is.
+    """
+    states = [Push.State.DEAD] + ([Push.State.FAILED] if include_failed else [])
+    qs = Push.objects.filter(state__in=states)
+    if ids is not None:
+        qs = qs.filter(pk__in=list(ids))
+    if key is not None:
+        qs = qs.filter(key=key)
+    later_update = Push.objects.filter(
+        key=OuterRef("key"),
+        pk__gt=OuterRef("pk"),
+        operation=UPDATE_SESSION,
+        state__in=[Push.State.PENDING, Push.State.IN_FLIGHT, Push.State.DONE],
+    )
+    retried = superseded = 0
+    keys: set[str] = set()
+    with transaction.atomic():
+        for push in qs.annotate(superseded=Exists(later_update)).order_by("id"):
+            if push.operation == UPDATE_SESSION and _is_plain_update(push) and push.superseded:
+                superseded += 1
+                continue
+            Push.objects.filter(pk=push.pk).update(
+                state=Push.State.PENDING,
+                attempts=0,
+                next_attempt_at=timezone.now(),
+                done_at=None,
+                claimed_by="",
+                claimed_at=None,
+            )
+            retried += 1
+            keys.add(push.key)
+        for k in keys:
+            schedule(k)
+    return {"retried": retried, "superseded": superseded}
+
+
+# --- the client --------------------------------------------------------------------------------
+
+
+def get_client(timeout: float | None = None) -> IntegrationClient:
+    """The process-wide client built from ``TALONONE`` (one per ``timeout``; rebuilt on change).
+
+    With ``timeout``, the client waits that many seconds to connect and to read, and does not
+    retry GETs: the synchronous path's bounded client.
+    """
+    with _clients_lock:
+        client = _clients.get(timeout)
+        if client is None:
+            from .client import from_settings
+
+            overrides: dict[str, Any] = {}
+            if timeout is not None:
+                overrides = {"timeout": (timeout, timeout), "get_retries": 0}
+            client = _clients[timeout] = from_settings(**overrides)
+        return client
+
+
+def _reset_clients(*, setting: str, **kwargs: Any) -> None:
+    if setting == "TALONONE":
+        with _clients_lock:
+            for client in _clients.values():
+                client.close()
+            _clients.clear()
+
+
+_clients: dict[float | None, IntegrationClient] = {}
+_clients_lock = threading.Lock()
+setting_changed.connect(_reset_clients)
+
+
+# --- helpers: claiming --------------------------------------------------------------------------
+
+
+def _lock_head(key: str) -> Push | None:
+    rows = Push.objects.filter(key=key, state__in=UNFINISHED).order_by("id")
+    if not connection.features.has_select_for_update_skip_locked:
+        return rows.first()
+    # The first unfinished row nobody else holds. If an earlier one exists, another worker has
+    # it locked (it is claiming the key right now): leave the key to that worker.
+    head = rows.select_for_update(skip_locked=True).first()
+    if head is not None and rows.filter(pk__lt=head.pk).exists():
+        return None
+    return head
+
+
+def _coalescible_run(key: str, head: Push) -> list[Push]:
+    """The head and the pending plain cart updates right behind it, up to the first barrier."""
+    later = Push.objects.filter(key=key, state__in=UNFINISHED, pk__gt=head.pk).order_by("id")
+    candidates = later.filter(state=Push.State.PENDING, operation=UPDATE_SESSION)
+    if connection.features.has_select_for_update_skip_locked:
+        candidates = candidates.select_for_update(skip_locked=True)
+    usable = {p.pk: p for p in candidates[:MAX_COALESCE]}
+    run_rows = [head]
+    # Walk every unfinished row in id order: a row we could not lock, or any other operation,
+    # ends the run, so no row is ever folded past one that must go first.
+    for pk in later.values_list("pk", flat=True)[:MAX_COALESCE]:
+        row = usable.get(pk)
+        if row is None or not _is_plain_update(row):
+            break
+        run_rows.append(row)
+    return run_rows
+
+
+def _is_plain_update(push: Push) -> bool:
+    """A session update that changes no state (a cart change): safe to fold into a later one."""
+    if push.operation != UPDATE_SESSION:
+        return False
+    payload = push.payload if isinstance(push.payload, dict) else {}
+    if (payload.get("query") or {}).get("dry"):
+        return False
+    session = (payload.get("body") or {}).get("customerSession") or {}
+    return session.get("state") in (None, "", "open")
+
+
+def _merge_updates(rows: list[Push]) -> dict[str, Any]:
+    """The survivor's payload with the fields of the earlier updates it leaves out.
+
+    Talon.One builds each update on the previous state: a field left out keeps its earlier value.
+    Folding earlier updates in keeps that, e.g. coupon codes sent once and then left out.
+    """
+    survivor = rows[-1].payload
+    merged_session: dict[str, Any] = {}
+    for row in rows:
+        merged_session.update(((row.payload.get("body") or {}).get("customerSession")) or {})
+    body = dict(survivor.get("body") or {})
+    body["customerSession"] = merged_session
+    return {**survivor, "body": body}
+
+
+def _new_token() -> str:
+    return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+_HOST = socket.gethostname()[:200]
+
+
+@contextlib.contextmanager
+def _processing(key: str) -> Iterator[None]:
+    active = _active_keys()
+    active.add(key)
+    try:
+        yield
+    finally:
+        active.discard(key)
+
+
+def _active_keys() -> set[str]:
+    keys = getattr(_local, "keys", None)
+    if keys is None:
+        keys = _local.keys = set()
+    return keys
+
+
+_local = threading.local()
+
+
+# --- helpers: sending, reconciling, mirroring -----------------------------------------------------
+
+
+def _send(push: Push, client: IntegrationClient, *, max_wait: float | None = None) -> Any:
+    payload = push.payload if isinstance(push.payload, dict) else {}
+    headers = payload.get("headers")
+    if headers:
+        client = client.with_headers(headers)
+    method = getattr(client, push.operation)
+    args = list(payload.get("args") or [])
+    if "body" in payload:
+        args.append(payload["body"])
+    _take_token(push.operation, max_wait)
+    return method(*args, **(payload.get("query") or {}))
+
+
+def _take_token(operation: str, max_wait: float | None) -> None:
+    if not ratelimit.acquire(max_wait):
+        limiter = ratelimit.get_limiter()
+        raise RateLimitedError(
+            "client-side rate limit (TALONONE['RATE_LIMIT']) reached",
+            operation=operation,
+            retry_after=limiter.wait_time() if limiter else None,
+        )
+
+
+def _target_state(push: Push) -> str | None:
+    """The state a state-changing session push leaves the session in (None: not one)."""
+    if push.operation == REOPEN_SESSION:
+        return "open"
+    if push.operation == UPDATE_SESSION and not _is_plain_update(push):
+        state = ((push.payload.get("body") or {}).get("customerSession") or {}).get("state")
+        return state if state in CLOSING_STATES else None
+    return None
+
+
+def _reconcile(push: Push, client: IntegrationClient) -> Any:
+    """For a state change that may already have been applied: the session read back, when it is
+    in the target state already (then the push must not be sent again); else None.
+
+    Returns carry an Idempotency-Key instead: Talon.One answers a repeat with the first answer.
+    """
+    target = _target_state(push)
+    if target is None:
+        return None
+    session_id = push.payload["args"][0]
+    _take_token("get_customer_session", None)
+    try:
+        answer = client.get_customer_session(session_id)
+    except NotFoundError:
+        return None  # never created: the earlier try did not get through
+    state = ((answer or {}).get("customerSession") or {}).get("state")
+    if state == target:
+        logger.info(
+            "push #%s: %s is already %s; not sending %s again",
+            push.pk,
+            session_id,
+            target,
+            push.operation,
+        )
+        return answer
+    return None
+
+
+def _finish(
+    push: Push, token: str, answer: Any, client: IntegrationClient, *, reconciled: bool = False
+) -> Attempt:
+    """Mirror the answer and mark the row done in one transaction; a mirror error is recorded on
+    the (still done: it was sent) row and logged."""
+    now = timezone.now()
+    attempt = Attempt(push, "done", answer=answer)
+    done: dict[str, Any] = {
+        "state": Push.State.DONE,
+        "done_at": now,
+        "outcome_unknown": False,
+        "last_error": "",
+        "error_class": "",
+        "error_status": None,
+    }
+    try:
+        with transaction.atomic():
+            attempt.session, attempt.profile = _mirror(push, answer, reconciled=reconciled)
+            if attempt.session is not None:
+                done["session"] = attempt.session
+            if attempt.profile is not None:
+                done["profile"] = attempt.profile
+            updated = Push.objects.filter(pk=push.pk, claimed_by=token).update(**done)
+    except Exception as exc:
+        logger.exception(
+            "push #%s (%s %s) was sent but mirroring the answer failed",
+            push.pk,
+            push.operation,
+            push.key,
+        )
+        done.pop("session", None)
+        done.pop("profile", None)
+        done.update(
+            last_error=f"sent; mirroring the answer failed: {_describe(exc)}"[:4000],
+            error_class=type(exc).__name__[:100],
+        )
+        updated = Push.objects.filter(pk=push.pk, claimed_by=token).update(**done)
+    if not updated:
+        # The sweep took the row back meanwhile (this worker was too slow); the next sender
+        # reconciles it. Nothing more to do here.
+        logger.warning("push #%s finished after it was reclaimed", push.pk)
+        attempt.outcome = "lost"
+    _refresh(push)
+    if _changes_points(push):
+        _fetch_loyalty(push, answer, client)
+    return attempt
+
+
+def _fail(push: Push, token: str, exc: BaseException) -> Attempt:
+    now = timezone.now()
+    retryable = bool(getattr(exc, "retryable", False))
+    unknown = push.outcome_unknown or bool(getattr(exc, "outcome_unknown", False))
+    fields: dict[str, Any] = {
+        "last_error": _describe(exc),
+        "error_class": type(exc).__name__[:100],
+        "error_status": getattr(exc, "status", None),
+        "outcome_unknown": unknown,
+        "claimed_by": "",
+        "claimed_at": None,
+    }
+    delay = 0.0
+    if retryable and push.attempts < settings.MAX_ATTEMPTS:
+        delay = retry_delay(push.attempts, getattr(exc, "retry_after", None))
+        outcome = "retry"
+        fields.update(
+            state=Push.State.PENDING, next_attempt_at=now + datetime.timedelta(seconds=delay)
+        )
+    else:
+        outcome = "dead" if retryable else "failed"
+        fields.update(state=outcome, done_at=now)
+    updated = Push.objects.filter(pk=push.pk, claimed_by=token).update(**fields)
+    _refresh(push)
+    log = logger.warning if outcome == "retry" else logger.error
+    log(
+        "push #%s (%s %s) attempt %s: %s -> %s%s",
+        push.pk,
+        push.operation,
+        push.key,
+        push.attempts,
+        fields["last_error"],
+        outcome,
+        f" in {delay:.1f}s" if outcome == "retry" else "",
+    )
+    if not updated:
+        return Attempt(push, "lost", error=exc)
+    if outcome == "retry":
+        dispatch(push.key, countdown=max(delay, 0.001))
+    else:
+        _announce_failure(push)
+    return Attempt(push, outcome, error=exc)
+
+
+def retry_delay(attempts: int, retry_after: float | None = None) -> float:
+    """Seconds to wait before retrying after ``attempts`` tries: full jitter, uniform in
+    [0, min(MAX, BASE * 2**(attempts - 1))], and at least the answer's Retry-After."""
+    base = float(settings.RETRY_BASE_DELAY)
+    cap = float(settings.RETRY_MAX_DELAY)
+    ceiling = min(cap, base * (2 ** max(0, min(attempts - 1, 60))))
+    delay = random.uniform(0, ceiling)
+    if retry_after:
+        delay = max(delay, float(retry_after))
+    return delay
+
+
+def _mirror(
+    push: Push, answer: Any, *, reconciled: bool = False
+) -> tuple[CustomerSession | None, CustomerProfile | None]:
+    from . import mirror
+
+    op = push.operation
+    payload = push.payload
+    first = (payload.get("args") or [None])[0]
+    if reconciled:
+        # A GET answer: {customerSession, effects}.
+        return mirror.mirror_customer_session(first, answer), None
+    if op in (UPDATE_SESSION, RETURN_ITEMS):
+        if not isinstance(answer, dict):
+            return None, None
+        sent = payload.get("body")
+        session = mirror.mirror_session_answer(
+            first, answer, order=_linked_order(payload), sent_payload=sent
+        )
+        return session, None
+    if op == REOPEN_SESSION:
+        return mirror.mirror_reopen_answer(first, answer or {}), None
+    if op == UPDATE_PROFILE:
+        return None, mirror.mirror_profile_answer(first, answer or {}, user=_linked_user(payload))
+    if op == DELETE_CUSTOMER:
+        mirror.purge_profile(first)
+        return None, None
+    if op == TRACK_EVENT and isinstance(answer, dict) and answer.get("customerProfile"):
+        profile_id = (payload.get("body") or {}).get("profileId")
+        return None, mirror.mirror_profile_answer(profile_id, answer)
+    return None, None
+
+
+def _changes_points(push: Push) -> bool:
+    return push.operation in (RETURN_ITEMS, REOPEN_SESSION) or _target_state(push) in CLOSING_STATES
+
+
+def _fetch_loyalty(push: Push, answer: Any, client: IntegrationClient) -> None:
+    """After a close, cancel, return or reopen: read the profile's balances into LoyaltyBalance."""
+    program_ids = list(settings.LOYALTY_PROGRAM_IDS or [])
+    if not program_ids:
+        return
+    profile_id = _profile_of(push, answer)
+    if not profile_id:
+        return
+    from . import mirror
+
+    for program_id in program_ids:
+        try:
+            _take_token("get_loyalty_balances", None)
+            balances = client.get_loyalty_balances(program_id, profile_id, include_tiers=True)
+            mirror.mirror_loyalty_balances(profile_id, program_id, balances)
+        except Exception:
+            # The push itself succeeded; balances are refreshed again on the next change.
+            logger.exception("could not refresh loyalty program %s for %s", program_id, profile_id)
+
+
+def _profile_of(push: Push, answer: Any) -> str:
+    if isinstance(answer, dict):
+        found = (answer.get("customerSession") or {}).get("profileId")
+        if found:
+            return str(found)
+    sent = ((push.payload.get("body") or {}).get("customerSession") or {}).get("profileId")
+    if sent:
+        return str(sent)
+    session = (
+        CustomerSession.objects.filter(integration_id=(push.payload.get("args") or [""])[0])
+        .values_list("profile_integration_id", flat=True)
+        .first()
+    )
+    return session or ""
+
+
+def _linked_order(payload: dict[str, Any]) -> Any:
+    ref = (payload.get("link") or {}).get("order")
+    if not ref:
+        return None
+    try:
+        from django.apps import apps
+
+        model = apps.get_model(ref[0])
+        return model._default_manager.filter(pk=ref[1]).first()
+    except (LookupError, ValueError, TypeError, DatabaseError):
+        logger.warning("the order %r linked to a push no longer resolves", ref)
+        return None
+
+
+def _linked_user(payload: dict[str, Any]) -> Any:
+    pk = (payload.get("link") or {}).get("user")
+    if pk is None:
+        return None
+    from django.contrib.auth import get_user_model
+
+    try:
+        return get_user_model()._default_manager.filter(pk=pk).first()
+    except (ValueError, TypeError, DatabaseError):
+        return None
+
+
+def _announce_failure(push: Push) -> None:
+    # After commit, as the app's other signals: receivers read the row as others see it.
+    transaction.on_commit(lambda: _send_push_failed(push))
+
+
+def _send_push_failed(push: Push) -> None:
+    try:
+        from .signals import push_failed
+
+        push_failed.send(sender=Push, push=push)
+    except Exception:
+        logger.exception("a push_failed receiver raised for push #%s", push.pk)
+
+
+def _describe(exc: BaseException) -> str:
+    """The error as stored on the row: the client's errors carry no secret by construction."""
+    text = str(exc) if isinstance(exc, TalonOneError) else f"{type(exc).__name__}: {exc}"
+    return _redact(text)[:4000]
+
+
+def _redact(text: str) -> str:
+    key = str(settings.API_KEY or "").strip()
+    return text.replace(key, "***") if key and key in text else text
+
+
+def _refresh(push: Push) -> None:
+    with contextlib.suppress(Push.DoesNotExist):
+        push.refresh_from_db()

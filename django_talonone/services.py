@@ -1,0 +1,175 @@
+"""The synchronous path for the cart page: :func:`evaluate_cart`.
+
+The cart page wants the discounts now. ``evaluate_cart`` sends the cart to Talon.One in the
+caller's thread with a short timeout (``TALONONE["EVALUATE_TIMEOUT"]``, 2 s by default), mirrors
+the answer and returns the effects. It never raises: when Talon.One is slow, down or refuses the
+cart, it returns the effects mirrored last time, flagged ``stale``, and leaves the update in the
+outbox so it is not lost.
+
+One key at a time holds here too. The update is recorded as a push that is already in flight,
+so no worker sends for the session meanwhile. If the session has earlier pushes still waiting
+(a cart change a worker has not sent yet, a retry), the update queues behind them instead, and
+the page gets a ``dry`` evaluation of the cart (Talon.One computes the effects and stores
+nothing): fresh effects, but not mirrored, flagged ``preview``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.utils import timezone
+
+from . import outbox, ratelimit
+from .adapters import get_adapter
+from .client import IntegrationClient, RateLimitedError
+from .conf import settings
+from .models import CustomerSession, Effect, Push
+
+__all__ = ["Evaluation", "evaluate_cart"]
+
+logger = logging.getLogger("django_talonone.services")
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate_cart` found.
+
+    ``effects`` are :class:`~django_talonone.models.Effect` rows, in the order Talon.One gave
+    them. With ``preview`` they are unsaved instances built from a dry run (``pk`` is None);
+    otherwise they are the session's current mirrored rows. ``stale`` says they are the last
+    mirrored ones because the evaluation failed; ``error`` then says why (no secrets).
+    """
+
+    session: CustomerSession | None
+    effects: list[Effect] = field(default_factory=list)
+    stale: bool = False
+    error: str | None = None
+    #: The effects come from a dry run and were not mirrored.
+    preview: bool = False
+    #: The outbox row that carries this update (None for ``dry=True`` or when none was written).
+    push: Push | None = None
+
+
+def evaluate_cart(cart: Any, *, dry: bool = False, timeout: float | None = None) -> Evaluation:
+    """Send the cart now (bounded by ``timeout`` seconds) and return its mirrored effects.
+
+    Never raises: on failure the last mirrored effects come back with ``stale=True`` and the
+    update stays queued. ``dry=True`` previews the cart's effects and stores nothing anywhere.
+    """
+    wait = float(timeout if timeout is not None else settings.EVALUATE_TIMEOUT)
+    session_id: str | None = None
+    try:
+        adapter = get_adapter()
+        session_id = str(adapter.session_id(cart))
+        body = adapter.session_payload(cart)
+        link = outbox.make_link(order=adapter.order_for_session(cart))
+    except Exception as exc:
+        logger.exception("evaluate_cart: the adapter could not describe the cart")
+        if not dry:
+            key = outbox.session_key(session_id) if session_id else "unknown"
+            outbox.record_failure(outbox.UPDATE_SESSION, key, exc, source="evaluate_cart")
+        return _stale(session_id, exc)
+    try:
+        client = outbox.get_client(wait)
+        if dry:
+            return _preview(client, session_id, body, wait)
+        payload = outbox.make_payload(session_id, body=body, link=link)
+        attempt = outbox.send_now(
+            outbox.UPDATE_SESSION,
+            outbox.session_key(session_id),
+            payload,
+            client=client,
+            session=_local_session(session_id),
+            source="evaluate_cart",
+            max_wait=wait,
+        )
+    except Exception as exc:
+        logger.exception("evaluate_cart failed for %s", session_id)
+        return _stale(session_id, exc)
+    if attempt.outcome == "queued":
+        evaluation = _preview(client, session_id, body, wait)
+        evaluation.push = attempt.push
+        return evaluation
+    if not attempt.ok:
+        evaluation = _stale(session_id, attempt.error)
+        evaluation.push = attempt.push
+        return evaluation
+    session = attempt.session
+    if session is None:
+        # Sent, but mirroring the answer failed (the row says why): show what Talon.One said.
+        answer = attempt.answer if isinstance(attempt.answer, dict) else {}
+        return Evaluation(
+            session=_local_session(session_id),
+            effects=preview_effects(session_id, answer.get("effects")),
+            preview=True,
+            push=attempt.push,
+        )
+    return Evaluation(session=session, effects=_current_effects(session), push=attempt.push)
+
+
+def preview_effects(session_id: str, effects: Any) -> list[Effect]:
+    """Unsaved :class:`Effect` instances for the effect dicts of an answer (for dry runs)."""
+    # The mirror's own row builder, so a preview reads exactly like a mirrored evaluation.
+    from .mirror import _accepted_codes, _effect_row
+
+    answered = [e for e in effects or [] if isinstance(e, dict)]
+    session = _local_session(session_id) or CustomerSession(integration_id=session_id)
+    codes = _accepted_codes(answered)
+    now = timezone.now()
+    return [_effect_row(session, effect, codes, now) for effect in answered]
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _preview(
+    client: IntegrationClient, session_id: str, body: dict[str, Any], wait: float
+) -> Evaluation:
+    """A dry run of the cart: effects computed by Talon.One, stored nowhere."""
+    try:
+        if not ratelimit.acquire(wait):
+            raise RateLimitedError(
+                "client-side rate limit (TALONONE['RATE_LIMIT']) reached",
+                operation="update_customer_session_v2",
+            )
+        answer = client.update_customer_session_v2(session_id, body, dry=True)
+    except Exception as exc:
+        logger.warning("evaluate_cart: dry run for %s failed: %s", session_id, exc)
+        return _stale(session_id, exc)
+    return Evaluation(
+        session=_local_session(session_id),
+        effects=preview_effects(session_id, (answer or {}).get("effects")),
+        preview=True,
+    )
+
+
+def _stale(session_id: str | None, exc: BaseException | None) -> Evaluation:
+    session = _local_session(session_id) if session_id else None
+    effects = _current_effects(session) if session is not None else []
+    return Evaluation(session=session, effects=effects, stale=True, error=_message(exc))
+
+
+def _local_session(session_id: str) -> CustomerSession | None:
+    try:
+        return CustomerSession.objects.filter(integration_id=session_id).first()
+    except Exception:  # a broken database connection must not break the cart page either
+        logger.exception("evaluate_cart: could not read the mirrored session %s", session_id)
+        return None
+
+
+def _current_effects(session: CustomerSession) -> list[Effect]:
+    try:
+        return list(session.effects.filter(is_current=True).order_by("id"))
+    except Exception:
+        logger.exception("evaluate_cart: could not read the mirrored effects")
+        return []
+
+
+def _message(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = str(exc) or type(exc).__name__
+    key = str(settings.API_KEY or "").strip()
+    return text.replace(key, "***") if key and key in text else text

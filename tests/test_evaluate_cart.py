@@ -1,0 +1,228 @@
+"""evaluate_cart: one bounded call for the cart page, a stale fallback that never raises."""
+# ruff: noqa: F811  (the fixtures are imported from tests.pipeline_fakes)
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+from unittest import mock
+
+import pytest
+import requests
+from django.db import DatabaseError
+
+from django_talonone import outbox, ratelimit
+from django_talonone.adapters import ShopAdapter
+from django_talonone.models import CustomerSession, Effect, Push
+from django_talonone.outbox import UPDATE_SESSION, make_payload
+from tests.pipeline_fakes import make_order, pipeline, talon  # noqa: F401
+
+pytestmark = pytest.mark.django_db
+
+
+def evaluate(cart: Any, **kwargs: Any) -> Any:
+    from django_talonone import evaluate_cart  # the public, lazily exported name
+
+    return evaluate_cart(cart, **kwargs)
+
+
+def key_of(order: Any) -> str:
+    return f"session:shop.order-{order.pk}"
+
+
+def test_the_cart_is_sent_now_and_its_mirrored_effects_come_back(talon):
+    order = make_order(lines=2)
+    result = evaluate(order)
+    assert (result.stale, result.error, result.preview) == (False, None, False)
+    (request,) = talon.sent()
+    assert request.query == {}  # a real update, not a dry run
+    assert len(request.body["customerSession"]["cartItems"]) == 2
+    assert result.session == CustomerSession.objects.get(integration_id=f"shop.order-{order.pk}")
+    assert result.session.order == order
+    (effect,) = result.effects
+    assert effect.pk is not None and effect.effect_type == "setDiscount"
+    assert effect.props["value"] == 2.0
+    assert (result.push.state, result.push.source) == ("done", "evaluate_cart")
+
+
+def test_it_uses_a_client_with_the_evaluate_timeout(talon, settings):
+    settings.TALONONE = {**settings.TALONONE, "EVALUATE_TIMEOUT": 1.5}
+    with mock.patch.object(outbox, "get_client", wraps=outbox.get_client) as get_client:
+        evaluate(make_order())
+        evaluate(make_order(), timeout=0.25)
+    assert [c.args for c in get_client.call_args_list] == [(1.5,), (0.25,)]
+    assert outbox.get_client(1.5).timeout == (1.5, 1.5)
+    assert outbox.get_client(1.5).get_retries == 0
+
+
+@pytest.mark.parametrize(
+    ("failure", "state", "unknown"),
+    [
+        (503, "pending", True),
+        (409, "pending", False),
+        (requests.exceptions.ReadTimeout("slow"), "pending", True),
+        (requests.exceptions.ConnectionError("Connection refused"), "pending", False),
+    ],
+)
+def test_on_failure_the_last_mirrored_effects_come_back_stale(talon, failure, state, unknown):
+    order = make_order()
+    fresh = evaluate(order)
+    talon.fail("update", failure)
+    order.lines.create(sku="SKU-9", quantity=1, price=5)
+    result = evaluate(order)
+    assert result.stale is True
+    assert result.error
+    assert [e.pk for e in result.effects] == [e.pk for e in fresh.effects]  # the last mirrored
+    assert result.session == fresh.session
+    # The update is not lost: it waits in the outbox for its retry.
+    push = result.push
+    assert (push.state, push.attempts, push.outcome_unknown) == (state, 1, unknown)
+    assert len(push.payload["body"]["customerSession"]["cartItems"]) == 2
+
+
+def test_a_permanent_error_fails_the_push_and_says_why(talon):
+    talon.fail("update", (400, {}, {"message": "Invalid cart", "errors": [{"title": "bad sku"}]}))
+    result = evaluate(make_order())
+    assert (result.stale, result.session, result.effects) == (True, None, [])
+    assert "Invalid cart" in result.error and "bad sku" in result.error
+    assert result.push.state == "failed"
+
+
+def test_without_any_mirror_yet_a_failure_gives_no_effects(talon):
+    talon.fail("update", 503)
+    result = evaluate(make_order())
+    assert (result.session, result.effects, result.stale) == (None, [], True)
+
+
+class BrokenAdapter(ShopAdapter):
+    def cart_items(self, obj: Any) -> list[dict[str, Any]]:
+        raise ValueError("a line has no price")
+
+
+def test_an_adapter_error_gives_stale_effects_and_a_failed_push(talon, settings):
+    order = make_order()
+    evaluate(order)
+    settings.TALONONE = {**settings.TALONONE, "ADAPTER": "tests.test_evaluate_cart.BrokenAdapter"}
+    result = evaluate(order)
+    assert result.stale is True
+    assert result.error == "a line has no price"
+    assert len(result.effects) == 1
+    failed = Push.objects.get(state="failed")
+    assert (failed.key, failed.source) == (key_of(order), "evaluate_cart")
+    assert "a line has no price" in failed.last_error
+    assert len(talon.sent()) == 1
+
+
+def test_it_never_raises_into_the_view(talon):
+    with mock.patch.object(Push.objects, "create", side_effect=DatabaseError("disk full")):
+        result = evaluate(make_order())
+    assert result.stale is True
+    assert "disk full" in result.error
+
+
+def test_the_api_key_is_never_in_the_error(talon):
+    talon.fail("update", (401, {}, {"message": "invalid key tests-api-key"}))
+    result = evaluate(make_order())
+    assert result.stale and "tests-api-key" not in result.error
+
+
+# --- dry runs ------------------------------------------------------------------------------------
+
+
+def test_dry_previews_without_storing_anything(talon):
+    order = make_order(lines=3)
+    result = evaluate(order, dry=True)
+    (request,) = talon.sent()
+    assert request.query == {"dry": ["true"]}
+    assert (result.preview, result.stale, result.push, result.session) == (True, False, None, None)
+    (effect,) = result.effects
+    assert (effect.pk, effect.effect_type, effect.props["value"]) == (None, "setDiscount", 3.0)
+    assert Push.objects.count() == 0
+    assert CustomerSession.objects.count() == 0
+    assert Effect.objects.count() == 0
+    assert talon.sessions == {}  # nor remotely
+
+
+def test_dry_leaves_the_mirror_as_it_was(talon):
+    order = make_order()
+    before = evaluate(order)
+    order.lines.create(sku="SKU-2", quantity=1, price=10)
+    preview = evaluate(order, dry=True)
+    assert preview.effects[0].props["value"] == 2.0
+    assert [e.pk for e in before.session.effects.filter(is_current=True)] == [
+        e.pk for e in before.effects
+    ]
+    assert before.session.cart_items.count() == 1
+
+
+def test_a_failing_dry_run_is_stale_and_records_nothing(talon):
+    talon.fail("update", 503)
+    result = evaluate(make_order(), dry=True)
+    assert (result.stale, result.push) == (True, None)
+    assert Push.objects.count() == 0
+
+
+# --- one key at a time ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("busy_state", ["pending", "in_flight"])
+def test_a_busy_session_queues_the_update_and_previews_it(talon, busy_state):
+    order = make_order()
+    earlier = Push.objects.create(
+        key=key_of(order), operation=UPDATE_SESSION,
+        payload=make_payload(f"shop.order-{order.pk}", body={"customerSession": {}}),
+        state=busy_state,
+    )  # fmt: skip
+    result = evaluate(order)
+    (request,) = talon.sent()
+    assert request.query == {"dry": ["true"]}  # the real update must wait its turn
+    assert (result.preview, result.stale) == (True, False)
+    assert result.effects[0].effect_type == "setDiscount"
+    assert result.push.state == "pending"
+    assert result.push.attempts == 0
+    assert result.push.pk > earlier.pk
+
+
+def test_a_queued_update_wakes_the_worker_with_celery(
+    talon, settings, django_capture_on_commit_callbacks
+):
+    settings.TALONONE = {**settings.TALONONE, "DISPATCH": "celery"}
+    order = make_order()
+    Push.objects.create(key=key_of(order), operation=UPDATE_SESSION, payload=make_payload("x"))
+    with (
+        mock.patch("django_talonone.tasks.push.apply_async") as apply_async,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        evaluate(order)
+    apply_async.assert_called_once_with(args=[key_of(order)])
+
+
+def test_a_local_rate_limit_gives_stale_effects_instead_of_waiting(talon, settings):
+    settings.TALONONE = {**settings.TALONONE, "RATE_LIMIT": 0.5}
+    assert ratelimit.acquire(0)  # the one token there is
+    result = evaluate(make_order(), timeout=0.2)
+    assert result.stale is True
+    assert "rate limit" in result.error
+    assert talon.sent() == []
+    assert result.push.state == "pending"
+
+
+# --- the package exports it lazily ---------------------------------------------------------------
+
+
+def test_evaluate_cart_is_exported_lazily():
+    code = (
+        "import sys, django_talonone, django_talonone.client;"
+        "assert not any(m == 'django' or m.startswith('django.') for m in sys.modules), "
+        "'importing the package imported Django';"
+        "assert 'evaluate_cart' in dir(django_talonone)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    import django_talonone
+    from django_talonone.services import Evaluation, evaluate_cart
+
+    assert django_talonone.evaluate_cart is evaluate_cart
+    assert django_talonone.Evaluation is Evaluation
+    with pytest.raises(AttributeError):
+        django_talonone.nothing_here  # noqa: B018
