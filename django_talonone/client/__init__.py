@@ -6,9 +6,9 @@ This package never imports Django, so it can be used (and imported quickly) anyw
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import errors, types
+from . import errors
 from .core import DEFAULT_TIMEOUT, IntegrationClient, rfc3339
 from .errors import (
     AuthenticationError,
@@ -23,6 +23,9 @@ from .errors import (
     TalonOneError,
     TimeoutError,
 )
+
+if TYPE_CHECKING:
+    from . import types
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -58,3 +61,19 @@ def from_settings(**overrides: Any) -> IntegrationClient:
     base_url = kwargs.pop("base_url", settings.BASE_URL)
     api_key = kwargs.pop("api_key", settings.API_KEY)
     return IntegrationClient(base_url, api_key, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    # `types` (the TypedDicts, only needed by type checkers and IDEs) costs 15-25 ms to import:
+    # it is imported on first use, by `from django_talonone.client import types` or
+    # `django_talonone.client.types`. Importing a submodule sets it as an attribute of this
+    # package, so this runs once.
+    if name == "types":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.types")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "types"})

@@ -8,14 +8,18 @@ import decimal
 import json
 import logging
 import random
+import re
 import time
 import uuid
 from collections.abc import Mapping
+from types import FunctionType
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import requests
 import requests.utils
+from requests.cookies import RequestsCookieJar
+from requests.structures import CaseInsensitiveDict
 
 from . import errors
 from .operations import OperationsMixin
@@ -81,6 +85,18 @@ class IntegrationClient(OperationsMixin):
             self._proxies = {}
             self._verify = session.verify if session.verify is not None else True
         self.session = session
+        # The session _send may skip Session.request with (see _fast_path_for): only one this
+        # client created, and only when the base URL carries no userinfo, query or fragment.
+        self._fast_session: requests.Session | None = None
+        self._url_prefix: str | None = None
+        if (
+            _FAST_PATH_AVAILABLE
+            and self._owns_session
+            and type(session) is requests.Session
+            and not any(c in self.base_url for c in "@?#")
+        ):
+            self._fast_session = session
+            self._url_prefix = _prepared_prefix(self.base_url)
         from django_talonone import __version__
 
         self._headers = {
@@ -171,18 +187,22 @@ class IntegrationClient(OperationsMixin):
     ) -> Any:
         name = op["title"]
         started = time.perf_counter()
+        session = self.session
         try:
-            resp = self.session.request(
-                method,
-                self.base_url + path,
-                params=params,
-                data=data,
-                headers=headers,
-                timeout=self.timeout,
-                proxies=self._proxies,
-                verify=self._verify,
-                allow_redirects=False,
-            )
+            if self._fast_path_for(session):
+                resp = self._send_prepared(session, method, path, params, data, headers)
+            else:
+                resp = session.request(
+                    method,
+                    self.base_url + path,
+                    params=params,
+                    data=data,
+                    headers=headers,
+                    timeout=self.timeout,
+                    proxies=self._proxies,
+                    verify=self._verify,
+                    allow_redirects=False,
+                )
         except requests.exceptions.ConnectTimeout as exc:
             raise self._transport_error(errors.TimeoutError, op, method, path, exc, False) from exc
         except requests.exceptions.Timeout as exc:
@@ -231,6 +251,84 @@ class IntegrationClient(OperationsMixin):
         log("%s %s %s failed: %s", name, method, path, exc.message, extra={"talonone_op": name})
         raise exc
 
+    def _fast_path_for(self, session: requests.Session) -> bool:
+        """Whether ``_send_prepared`` sends exactly what ``session.request(...)`` would.
+
+        ``Session.request`` merges the session's cookies, auth, params, hooks, proxies and (with
+        ``trust_env``) the environment into every request; ``_send_prepared`` skips that merging,
+        which costs more than all the rest of our per-call work (its ``merge_setting`` goes
+        through slow ``typing.Protocol`` isinstance checks in requests 2.34). So it is used only
+        while that merging has nothing to merge: the session is the one this client created,
+        nobody has since given it auth, params, proxies, response hooks or ``trust_env``, its
+        cookie jar is empty, and nobody has patched ``Session.request`` (or what it calls) to
+        intercept calls, e.g. a test stubbing the API. Otherwise: ``session.request``, as ever.
+
+        Cookies: the Integration API sets none. Should something in between (a load balancer's
+        affinity cookie) set one, ``Session.send`` stores it in the jar like before, and from then
+        on this returns False, so the cookie is sent back exactly as requests would send it.
+        """
+        if session is not self._fast_session or session.trust_env or session.auth is not None:
+            return False
+        if session.params or session.proxies or session.cookies:
+            return False
+        hooks = session.hooks
+        if hooks is not None and hooks.get("response") != []:  # as requests' merge_hooks tests
+            return False
+        if not isinstance(session.headers, Mapping):
+            return False
+        return (
+            getattr(session.request, "__func__", None) is _SESSION_REQUEST
+            and getattr(session.prepare_request, "__func__", None) is _SESSION_PREPARE_REQUEST
+            and getattr(session.merge_environment_settings, "__func__", None)
+            is _SESSION_MERGE_ENVIRONMENT
+        )
+
+    def _send_prepared(
+        self,
+        session: requests.Session,
+        method: str,
+        path: str,
+        params: list[tuple[str, str]] | None,
+        data: bytes | None,
+        headers: dict[str, str],
+    ) -> requests.Response:
+        """``session.request(...)`` as ``_send`` calls it, without its merging of session state.
+
+        Each step is the one ``Session.request`` / ``Session.prepare_request`` /
+        ``PreparedRequest.prepare`` takes, given what ``_fast_path_for`` has checked; what they
+        would merge in is empty, so it is left out. tests/client/test_fast_path.py compares the
+        two request by request.
+        """
+        p = requests.PreparedRequest()
+        p.prepare_method(method)
+        # The query as requests' _encode_params encodes a list of str pairs (without its slow
+        # Protocol checks); prepare_url passes a str query through unchanged.
+        query = _urlencode(params) if params else None
+        tail = path if query is None else f"{path}?{query}"
+        if self._url_prefix is not None and _PLAIN_TAIL.fullmatch(tail):
+            p.url = self._url_prefix + tail  # what prepare_url would make of it, see _PLAIN_TAIL
+        else:
+            p.prepare_url(self.base_url + path, query)
+        p.prepare_headers(_merge_headers(session.headers, headers))
+        # No cookies: the session's jar is empty, so prepare_cookies would add no header.
+        # Session.send's redirect handling (Response.next) needs a jar of the request's own.
+        p._cookies = RequestsCookieJar()
+        # `data or {}` as in Session.request: a bodyless PUT/POST/DELETE gets Content-Length: 0.
+        p.prepare_body(data or {}, None)
+        # No prepare_auth: neither the session nor the URL (no userinfo) has auth. No
+        # prepare_hooks: the session has no response hooks; p.hooks is already requests' default.
+        return session.send(
+            p,
+            timeout=self.timeout,
+            allow_redirects=False,
+            # What merge_environment_settings gives with trust_env off: our proxies merged over
+            # the session's (which are empty), our verify, the session's stream and cert.
+            proxies=dict(self._proxies),
+            stream=session.stream,
+            verify=self._verify,
+            cert=session.cert,
+        )
+
     def _transport_error(
         self,
         cls: type[errors.TalonOneError],
@@ -268,6 +366,82 @@ class IntegrationClient(OperationsMixin):
     def _redact(self, text: str) -> str:
         key = self._api_key.reveal()
         return text.replace(key, "***") if key in text else text
+
+
+#: What Session.request runs; the fast path is taken only while these are unpatched.
+_SESSION_REQUEST = requests.Session.request
+_SESSION_PREPARE_REQUEST = requests.Session.prepare_request
+_SESSION_MERGE_ENVIRONMENT = requests.Session.merge_environment_settings
+
+
+def _is_requests_own(function: Any) -> bool:
+    # Instrumentation that wrapped Session.request before this module was imported would be
+    # skipped by the fast path: take it only if these are requests' own, unwrapped functions.
+    code = getattr(function, "__code__", None)
+    return (
+        type(function) is FunctionType
+        and not hasattr(function, "__wrapped__")
+        and code is not None
+        and code.co_filename == requests.sessions.__file__
+    )
+
+
+_FAST_PATH_AVAILABLE = all(
+    _is_requests_own(f)
+    for f in (_SESSION_REQUEST, _SESSION_PREPARE_REQUEST, _SESSION_MERGE_ENVIRONMENT)
+)
+
+
+# A URL tail that requests' prepare_url (urllib3's parse_url normalisation, then requote_uri)
+# leaves exactly as it is: "/"-separated segments, none of them "." or "..", made of unreserved
+# characters and uppercase percent-escapes of other bytes (an escaped unreserved character would
+# be unescaped), then optionally a non-empty query that adds "=", "&" and "+". _fill_path (quote
+# with safe="" of every id, which refuses "." and "..") and _urlencode (quote_plus) produce just
+# that; a tail that somehow is not plain goes through prepare_url instead.
+_UNRESERVED = r"[A-Za-z0-9._~-]"
+_ESCAPE = r"%(?:[0189A-F][0-9A-F]|2[0-9A-CF]|3[A-F]|40|5[B-E]|60|7[B-DF])"
+_SEGMENT = rf"/(?!\.\.?(?:[/?]|\Z))(?:{_UNRESERVED}|{_ESCAPE})*"
+_PLAIN_PATH = re.compile(rf"(?:{_SEGMENT})*")
+_PLAIN_TAIL = re.compile(rf"(?:{_SEGMENT})+(?:\?(?:{_UNRESERVED}|[=&+]|{_ESCAPE})+)?")
+
+
+def _prepared_prefix(base_url: str) -> str | None:
+    """``base_url`` as requests prepares it, to join a plain tail to; None unless that is exact.
+
+    It is exact when the base path is plain itself: parse_url then splits ``base_url + tail``
+    at the same authority (normalised alike: scheme and host case, IDNA, port) and its path and
+    query need no change, so preparing the whole is preparing the base and appending the tail.
+    """
+    base_path = urlsplit(base_url).path
+    if not _PLAIN_PATH.fullmatch(base_path):
+        return None
+    p = requests.PreparedRequest()
+    try:
+        p.prepare_url(base_url, None)
+    except Exception:  # then every call prepares it (and fails) the way requests does
+        return None
+    url = str(p.url)
+    prefix = url[:-1] if not base_path else url  # prepare_url gives an empty path a "/"
+    return prefix if prefix.endswith(base_path) else None
+
+
+def _urlencode(params: list[tuple[str, str]]) -> str:
+    """The query string requests' ``RequestEncodingMixin._encode_params`` makes of str pairs."""
+    return urlencode([(k.encode("utf-8"), v.encode("utf-8")) for k, v in params], doseq=True)
+
+
+def _merge_headers(
+    session_headers: Mapping[str, Any], headers: dict[str, str]
+) -> CaseInsensitiveDict[Any]:
+    """requests' ``merge_setting(headers, session.headers, dict_class=CaseInsensitiveDict)``."""
+    merged: CaseInsensitiveDict[Any] = CaseInsensitiveDict()
+    for key, value in session_headers.items():
+        merged[key] = value
+    for key, value in headers.items():
+        merged[key] = value
+    for key in [key for key, value in merged.items() if value is None]:
+        del merged[key]
+    return merged
 
 
 class _Secret:
