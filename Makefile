@@ -33,7 +33,7 @@ test-django42:
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff format --check django_talonone tests bench scripts example_project
 
 format: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
