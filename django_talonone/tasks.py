@@ -7,10 +7,15 @@ app. Their names are fixed, so routing and beat entries can name them:
   outbox sends it on commit when ``TALONONE["DISPATCH"] = "celery"``, with
   ``TALONONE["TASK_OPTIONS"]`` as ``apply_async`` options (``queue``, ``priority``, ...).
 - ``django_talonone.sweep``: take back pushes abandoned by dead workers and re-wake pushes whose
-  message was lost. Run it from beat every 30 seconds::
+  message was lost. Run it from beat every 30 seconds, on the queue the push task uses
+  (``TASK_OPTIONS`` route only the push task)::
 
       CELERY_BEAT_SCHEDULE = {
-          "talonone-sweep": {"task": "django_talonone.sweep", "schedule": 30.0},
+          "talonone-sweep": {
+              "task": "django_talonone.sweep",
+              "schedule": 30.0,
+              "options": {"queue": "talonone"},  # the queue in TASK_OPTIONS, if any
+          },
       }
 
 This module imports without Celery installed; the tasks are then plain functions whose
