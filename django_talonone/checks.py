@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from django.core import checks
 
+from .client.schema import response_content_values
 from .conf import DEFAULTS, normalise_timeout
 
 __all__ = ["check_adapter", "check_order_model", "check_pipeline", "check_settings"]
@@ -341,19 +342,7 @@ def _talonone_dict() -> dict[str, Any] | None:
 
 DISPATCH_MODES = ("inline", "celery")
 #: responseContent values UpdateCustomerSessionV2 accepts (Talon.One's OpenAPI file).
-SESSION_RESPONSE_CONTENT = (
-    "customerSession",
-    "customerProfile",
-    "coupons",
-    "triggeredCampaigns",
-    "referral",
-    "loyalty",
-    "event",
-    "awardedGiveaways",
-    "ruleFailureReasons",
-    "previousReturns",
-    "campaignEligibility",
-)
+SESSION_RESPONSE_CONTENT = tuple(sorted(response_content_values("update_customer_session_v2")))
 
 
 @checks.register("talonone")

@@ -30,6 +30,7 @@ PKG = ROOT / "django_talonone" / "client"
 # The deprecated V1 event call is absent from the OpenAPI files and from SDK 26.2; the reference
 # gives its shape in prose.
 TRACK_EVENT_V1 = {
+    "response_content": [],
     "name": "track_event",
     "title": "TrackEvent",
     "method": "POST",
@@ -201,10 +202,31 @@ def parse_operations(ref: str, paths_dir: Path) -> list[dict]:
                 "response": None if response in ("None", "") else response,
                 "success": success,
                 "deprecated": bool(op.get("deprecated")),
+                # What the body's responseContent may ask for (empty: no such field).
+                "response_content": _response_content(op),
                 "summary": op.get("summary", title).strip().rstrip(".") + ".",
             }
         )
     return ops
+
+
+def _response_content(op: dict) -> list[str]:
+    """The enum of ``responseContent`` items in an operation's request body, if it has one."""
+
+    def find(node: object) -> list[str] | None:
+        if isinstance(node, dict):
+            props = node.get("properties")
+            if isinstance(props, dict) and "responseContent" in props:
+                return props["responseContent"].get("items", {}).get("enum")
+            node = list(node.values())
+        if isinstance(node, list):
+            for child in node:
+                found = find(child)
+                if found:
+                    return found
+        return None
+
+    return find(op.get("requestBody", {})) or []
 
 
 def to_snake(name: str) -> str:
@@ -245,6 +267,15 @@ def write_schema(models: dict, ops: list[dict], effects: dict) -> None:
         "# One entry per operation: path params (wire, python, type) in path order, query params",
         "# (python, wire, type, explode) as the OpenAPI files spell them.",
         "OPERATIONS: list[dict[str, Any]] = " + pprint.pformat(ops, width=100, sort_dicts=False),
+        "",
+        "",
+        "def response_content_values(operation: str) -> frozenset[str]:",
+        '    """What ``responseContent`` may ask for in the request body of ``operation``."""',
+        "    for op in OPERATIONS:",
+        '        if op["name"] == operation:',
+        '            return frozenset(op["response_content"])',
+        "    raise KeyError(operation)",
+        "",
         "",
         "# effectType -> the model of its props",
         "EFFECT_PROPS: dict[str, str] = " + pprint.pformat(effects, width=100),

@@ -1112,6 +1112,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "ActivateLoyaltyPointsResponse",
         "success": [200],
         "deprecated": False,
+        "response_content": [],
         "summary": "Activate loyalty points.",
     },
     {
@@ -1125,6 +1126,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "list[BestPriorPrice]",
         "success": [200],
         "deprecated": False,
+        "response_content": [],
         "summary": "Fetch best prior price.",
     },
     {
@@ -1138,6 +1140,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "Audience",
         "success": [201],
         "deprecated": False,
+        "response_content": [],
         "summary": "Create audience.",
     },
     {
@@ -1151,6 +1154,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "Coupon",
         "success": [201],
         "deprecated": False,
+        "response_content": [],
         "summary": "Create coupon reservation.",
     },
     {
@@ -1164,6 +1168,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "Referral",
         "success": [201],
         "deprecated": False,
+        "response_content": [],
         "summary": "Create referral code for an advocate.",
     },
     {
@@ -1177,6 +1182,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "CreateReferralsForMultipleAdvocates201Response",
         "success": [201, 204],
         "deprecated": False,
+        "response_content": [],
         "summary": "Create referral codes for multiple advocates.",
     },
     {
@@ -1190,6 +1196,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": None,
         "success": [204],
         "deprecated": False,
+        "response_content": [],
         "summary": "Delete audience memberships.",
     },
     {
@@ -1203,6 +1210,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": None,
         "success": [204],
         "deprecated": False,
+        "response_content": [],
         "summary": "Delete audience.",
     },
     {
@@ -1216,6 +1224,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": None,
         "success": [204],
         "deprecated": False,
+        "response_content": [],
         "summary": "Delete coupon reservations.",
     },
     {
@@ -1229,6 +1238,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": None,
         "success": [204],
         "deprecated": False,
+        "response_content": [],
         "summary": "Delete customer's personal data.",
     },
     {
@@ -1245,6 +1255,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": None,
         "success": [204],
         "deprecated": False,
+        "response_content": [],
         "summary": "Delete customer's transactions from loyalty ledgers.",
     },
     {
@@ -1258,6 +1269,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "LoyaltyCard",
         "success": [200],
         "deprecated": False,
+        "response_content": [],
         "summary": "Generate loyalty card.",
     },
     {
@@ -1280,6 +1292,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "GetCustomerAchievementHistory200Response",
         "success": [200],
         "deprecated": False,
+        "response_content": [],
         "summary": "List customer's achievement history.",
     },
     {
@@ -1300,6 +1313,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "GetCustomerAchievements200Response",
         "success": [200],
         "deprecated": False,
+        "response_content": [],
         "summary": "List customer's available achievements.",
     },
     {
@@ -1320,6 +1334,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "CustomerInventory",
         "success": [200],
         "deprecated": False,
+        "response_content": [],
         "summary": "List customer data.",
     },
     {
@@ -1333,6 +1348,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "IntegrationCustomerSessionResponse",
         "success": [200],
         "deprecated": False,
+        "response_content": [],
         "summary": "Get customer session.",
     },
     {
@@ -1354,6 +1370,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "LoyaltyBalancesWithTiers",
         "success": [200],
         "deprecated": False,
+        "response_content": [],
         "summary": "Get customer's loyalty balances.",
     },
     {
@@ -1373,6 +1390,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "LoyaltyCardBalances",
         "success": [200],
         "deprecated": False,
+        "response_content": [],
         "summary": "Get card's point balances.",
     },
     {
@@ -1397,6 +1415,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "GetLoyaltyCardPoints200Response",
         "success": [200],
         "deprecated": False,
+        "response_content": [],
         "summary": "List card's unused loyalty points.",
     },
     {
@@ -1423,6 +1442,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "GetLoyaltyCardTransactions200Response",
         "success": [200],
         "deprecated": False,
+        "response_content": [],
         "summary": "List card's transactions.",
     },
     {
@@ -1447,6 +1467,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "GetLoyaltyProgramProfilePoints200Response",
         "success": [200],
         "deprecated": False,
+        "response_content": [],
         "summary": "List customer's unused loyalty points.",
     },
     {
@@ -1473,6 +1494,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "GetLoyaltyProgramProfileTransactions200Response",
         "success": [200],
         "deprecated": False,
+        "response_content": [],
         "summary": "List customer's loyalty transactions.",
     },
     {
@@ -1486,6 +1508,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "GetReservedCustomers200Response",
         "success": [200],
         "deprecated": False,
+        "response_content": [],
         "summary": "List customers that have this coupon reserved.",
     },
     {
@@ -1502,6 +1525,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "LoyaltyCard",
         "success": [200],
         "deprecated": False,
+        "response_content": [],
         "summary": "Link customer profile to card.",
     },
     {
@@ -1515,6 +1539,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "ReopenSessionResponse",
         "success": [200],
         "deprecated": False,
+        "response_content": [],
         "summary": "Reopen customer session.",
     },
     {
@@ -1528,6 +1553,16 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "IntegrationStateV2",
         "success": [200],
         "deprecated": False,
+        "response_content": [
+            "customerSession",
+            "customerProfile",
+            "coupons",
+            "triggeredCampaigns",
+            "referral",
+            "loyalty",
+            "event",
+            "previousReturns",
+        ],
         "summary": "Return cart items.",
     },
     {
@@ -1541,9 +1576,11 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "Catalog",
         "success": [200],
         "deprecated": False,
+        "response_content": [],
         "summary": "Sync cart item catalog.",
     },
     {
+        "response_content": [],
         "name": "track_event",
         "title": "TrackEvent",
         "method": "POST",
@@ -1571,6 +1608,15 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "TrackEventV2Response",
         "success": [200, 204],
         "deprecated": False,
+        "response_content": [
+            "customerProfile",
+            "triggeredCampaigns",
+            "loyalty",
+            "event",
+            "awardedGiveaways",
+            "ruleFailureReasons",
+            "campaignEligibility",
+        ],
         "summary": "Track event.",
     },
     {
@@ -1587,6 +1633,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "LoyaltyCard",
         "success": [200],
         "deprecated": False,
+        "response_content": [],
         "summary": "Unlink customer profile from a loyalty card.",
     },
     {
@@ -1600,6 +1647,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": None,
         "success": [204],
         "deprecated": False,
+        "response_content": [],
         "summary": "Update profile attributes for all customers in audience.",
     },
     {
@@ -1613,6 +1661,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "Audience",
         "success": [200],
         "deprecated": False,
+        "response_content": [],
         "summary": "Update audience name.",
     },
     {
@@ -1626,6 +1675,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": None,
         "success": [204],
         "deprecated": False,
+        "response_content": [],
         "summary": "Update multiple customer profiles' audiences.",
     },
     {
@@ -1639,6 +1689,15 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "CustomerProfileIntegrationResponseV2",
         "success": [200],
         "deprecated": False,
+        "response_content": [
+            "customerProfile",
+            "triggeredCampaigns",
+            "loyalty",
+            "event",
+            "awardedGiveaways",
+            "ruleFailureReasons",
+            "campaignEligibility",
+        ],
         "summary": "Update customer profile.",
     },
     {
@@ -1652,6 +1711,7 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "MultipleCustomerProfileIntegrationResponseV2",
         "success": [200, 204],
         "deprecated": False,
+        "response_content": [],
         "summary": "Update multiple customer profiles.",
     },
     {
@@ -1665,9 +1725,31 @@ OPERATIONS: list[dict[str, Any]] = [
         "response": "IntegrationStateV2",
         "success": [200],
         "deprecated": False,
+        "response_content": [
+            "customerSession",
+            "customerProfile",
+            "coupons",
+            "triggeredCampaigns",
+            "referral",
+            "loyalty",
+            "event",
+            "awardedGiveaways",
+            "ruleFailureReasons",
+            "previousReturns",
+            "campaignEligibility",
+        ],
         "summary": "Update customer session.",
     },
 ]
+
+
+def response_content_values(operation: str) -> frozenset[str]:
+    """What ``responseContent`` may ask for in the request body of ``operation``."""
+    for op in OPERATIONS:
+        if op["name"] == operation:
+            return frozenset(op["response_content"])
+    raise KeyError(operation)
+
 
 # effectType -> the model of its props
 EFFECT_PROPS: dict[str, str] = {

@@ -8,49 +8,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from django_talonone.client.schema import response_content_values
+
 from . import ledger
 from .campaigns import Campaign, Program
 from .values import clone, money, points
 
-#: Parts ``responseContent`` may ask for, by answer kind.
-SESSION_PARTS = frozenset(
-    {
-        "customerSession",
-        "customerProfile",
-        "coupons",
-        "triggeredCampaigns",
-        "referral",
-        "loyalty",
-        "event",
-        "awardedGiveaways",
-        "ruleFailureReasons",
-        "previousReturns",
-        "campaignEligibility",
-    }
-)
-RETURN_PARTS = frozenset(
-    {
-        "customerSession",
-        "customerProfile",
-        "coupons",
-        "triggeredCampaigns",
-        "referral",
-        "loyalty",
-        "event",
-        "previousReturns",
-    }
-)
-PROFILE_PARTS = frozenset(
-    {
-        "customerProfile",
-        "triggeredCampaigns",
-        "loyalty",
-        "event",
-        "awardedGiveaways",
-        "ruleFailureReasons",
-        "campaignEligibility",
-    }
-)
+#: Parts ``responseContent`` may ask for, by answer kind (from the OpenAPI files).
+SESSION_PARTS = response_content_values("update_customer_session_v2")
+RETURN_PARTS = response_content_values("return_cart_items")
+PROFILE_PARTS = response_content_values("update_customer_profile_v2")
 EVENT_PARTS = PROFILE_PARTS
 
 
