@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime
 import gc
 import io
 import json
 import math
 import os
-import platform
 import pstats
 import statistics
 import subprocess
@@ -43,6 +41,7 @@ from typing import Any
 import requests
 import urllib3
 from _server import CannedServer
+from _services import machine_info
 
 import django_talonone
 from django_talonone.client import IntegrationClient
@@ -521,43 +520,6 @@ def measure_import(module: str, runs: int) -> dict[str, Any]:
 # --- report ------------------------------------------------------------------------------------
 
 
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or None
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(
-                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu
-            )
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],  # read-only
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=10,
-            check=False,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return {
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "requests": requests.__version__,
-        "urllib3": urllib3.__version__,
-        "django_talonone": django_talonone.__version__,
-        "talon_one_sdk": _sdk_version(),
-        "git_commit": commit or None,
-    }
-
-
 def _goal(value: float | None, limit: float, unit: str) -> dict[str, Any]:
     return {
         "limit": limit,
@@ -617,7 +579,12 @@ def main(argv: list[str] | None = None) -> int:
     elif not sdk_installed:
         skipped.append("talon_one: not installed (pip install talon-one-sdk to compare)")
 
-    machine = machine_info()
+    machine = machine_info(
+        requests=requests.__version__,
+        urllib3=urllib3.__version__,
+        django_talonone=django_talonone.__version__,
+        talon_one_sdk=_sdk_version(),
+    )
     print(
         f"client_overhead: Python {machine['python']}, requests {machine['requests']}, "
         f"{machine['cpu_count']} CPU ({machine['cpu_model']}), load {machine['loadavg_1m']}"

@@ -455,6 +455,9 @@ def _lines(obj: Any) -> list[Any]:
         if hasattr(value, "all"):
             queryset = value.all()
             if hasattr(queryset, "ordered") and not queryset.ordered:
+                if getattr(queryset, "_result_cache", None) is not None:
+                    # Prefetched (prefetch_related): sort those, rather than query again.
+                    return sorted(queryset, key=lambda line: line.pk)
                 queryset = queryset.order_by("pk")
             return list(queryset)
         if callable(value):

@@ -95,13 +95,27 @@ def mirror_session_answer(
     *,
     order: models.Model | None = None,
     sent_payload: Mapping[str, Any] | None = None,
+    savepoint: bool = True,
+    settled: Mapping[str, Any] | None = None,
 ) -> CustomerSession:
     """Mirror an IntegrationStateV2 (a session update or a return) and return the session.
 
     Without ``customerSession`` in the answer (not asked for in ``responseContent``), the cart,
     codes and state come from ``sent_payload``, the request body that produced the answer.
+    ``settled``: for a return, the session read back afterwards (GetCustomerSession, effects
+    netted of the rollbacks). A return answers only its rollback effects; they are kept as
+    history and the read-back effects become the current set.
+    ``savepoint=False`` saves two round trips when the caller's own transaction wraps the call
+    and is rolled back as a whole if it raises (as the outbox's is).
     """
-    return _mirror_session(session_id, answer, order=order, sent_payload=sent_payload)
+    return _mirror_session(
+        session_id,
+        answer,
+        order=order,
+        sent_payload=sent_payload,
+        savepoint=savepoint,
+        settled=settled,
+    )
 
 
 def mirror_reopen_answer(session_id: str, answer: Mapping[str, Any]) -> CustomerSession:
@@ -115,6 +129,7 @@ def mirror_reopen_answer(session_id: str, answer: Mapping[str, Any]) -> Customer
         session.discount_total = discount_total(effects)
         session.synced_at = now
         session.save()
+        session._mirrored_effects = effects
         _send_on_commit(signals.effects_updated, CustomerSession, session=session, effects=effects)
     return session
 
@@ -125,22 +140,25 @@ def mirror_customer_session(session_id: str, answer: Mapping[str, Any]) -> Custo
 
 
 def mirror_profile_answer(
-    integration_id: str, answer: Mapping[str, Any], *, user: Any = None
+    integration_id: str, answer: Mapping[str, Any], *, user: Any = None, savepoint: bool = True
 ) -> CustomerProfile:
     """Mirror a CustomerProfileIntegrationResponseV2 and link the profile to ``user`` if given.
 
     The profile's own effects (from ``runRuleEngine``) have no session to hang on and are not
     stored; their outcome shows in the profile, audience and loyalty parts mirrored here.
+    ``savepoint``: as for :func:`mirror_session_answer`.
     """
     now = timezone.now()
-    with transaction.atomic():
-        profile, _ = _get_or_create(CustomerProfile, {"integration_id": integration_id}, lock=True)
+    with transaction.atomic(savepoint=savepoint):
+        profile, created = _get_or_create(
+            CustomerProfile, {"integration_id": integration_id}, lock=True
+        )
         data = answer.get("customerProfile")
         if isinstance(data, Mapping):
-            _apply_profile(profile, data, now)
+            _apply_profile(profile, data, now, fresh=created)
         if user is not None:
             _link_user(profile, user)
-        balances = _mirror_loyalty(profile, answer.get("loyalty"), now)
+        balances = _mirror_loyalty(profile, answer.get("loyalty"), now, fresh=created)
         profile.synced_at = now
         profile.save()
         if balances:
@@ -244,36 +262,58 @@ def _mirror_session(
     *,
     order: models.Model | None,
     sent_payload: Mapping[str, Any] | None,
+    savepoint: bool = True,
+    settled: Mapping[str, Any] | None = None,
 ) -> CustomerSession:
     now = timezone.now()
     sent = sent_payload or {}
-    with transaction.atomic():
-        session, _ = _get_or_create(CustomerSession, {"integration_id": session_id}, lock=True)
+    with transaction.atomic(savepoint=savepoint):
+        session, created = _get_or_create(
+            CustomerSession, {"integration_id": session_id}, lock=True
+        )
         previous_state = session.state
         data = answer.get("customerSession")
+        # A row inserted by this transaction (created) has no cart lines, effects or loyalty rows
+        # yet: nothing to read or delete before writing them.
         if isinstance(data, Mapping) and data:
-            _apply_session(session, data, now)
+            _apply_session(session, data, now, fresh=created)
         elif isinstance(sent.get("customerSession"), Mapping):
-            _apply_sent_session(session, sent["customerSession"], now)
+            _apply_sent_session(session, sent["customerSession"], now, fresh=created)
         elif isinstance(sent.get("return"), Mapping):
             _apply_sent_return(session, sent["return"])
-        profile = _session_profile(session, answer, order, now)
-        balances = _mirror_loyalty(profile, answer.get("loyalty"), now) if profile else []
+        profile, profile_created = _session_profile(session, answer, order, now)
+        balances = (
+            _mirror_loyalty(profile, answer.get("loyalty"), now, fresh=profile_created)
+            if profile
+            else []
+        )
         if isinstance(order, models.Model) and order.pk is not None:
             session.order_type = ContentType.objects.get_for_model(order)
             session.order_id = str(order.pk)
-        effects = _replace_effects(session, answer.get("effects") or [], previous_state, now)
+        answered = answer.get("effects") or []
+        if settled is not None and isinstance(settled.get("effects"), list):
+            # A return: what the session still has is current; the rollbacks are history.
+            effects = _replace_effects(
+                session, settled["effects"], previous_state, now, fresh=created
+            )
+            _add_history(session, answered, now)
+        else:
+            effects = _replace_effects(session, answered, previous_state, now, fresh=created)
         session.discount_total = discount_total(effects)
         session.raw = _session_raw(session.raw, answer)
         session.synced_at = now
         session.save()
+        # The current effects, in id order, for a caller that returns them (evaluate_cart).
+        session._mirrored_effects = effects
         _send_on_commit(signals.effects_updated, CustomerSession, session=session, effects=effects)
         if balances and profile is not None:
             _send_on_commit(signals.loyalty_updated, CustomerProfile, profile=profile)
     return session
 
 
-def _apply_session(session: CustomerSession, data: Mapping[str, Any], now: Any) -> None:
+def _apply_session(
+    session: CustomerSession, data: Mapping[str, Any], now: Any, *, fresh: bool = False
+) -> None:
     """Copy a CustomerSessionV2 onto the row (and its cart lines)."""
     session.talon_id = _int(data.get("id")) or session.talon_id
     session.application_id = _int(data.get("applicationId")) or session.application_id
@@ -294,7 +334,7 @@ def _apply_session(session: CustomerSession, data: Mapping[str, Any], now: Any) 
         last = session.raw.get("customerSession") if isinstance(session.raw, Mapping) else None
         # The last answer's cart is at hand: an unchanged cart costs no queries.
         if not isinstance(last, Mapping) or last.get("cartItems") != data.get("cartItems"):
-            _replace_cart_items(session, data.get("cartItems") or [])
+            _replace_cart_items(session, data.get("cartItems") or [], fresh=fresh)
     for key, field in (
         ("total", "total"),
         ("cartItemTotal", "cart_item_total"),
@@ -310,7 +350,9 @@ def _apply_session(session: CustomerSession, data: Mapping[str, Any], now: Any) 
     session.talon_updated = _datetime(data.get("updated")) or session.talon_updated
 
 
-def _apply_sent_session(session: CustomerSession, sent: Mapping[str, Any], now: Any) -> None:
+def _apply_sent_session(
+    session: CustomerSession, sent: Mapping[str, Any], now: Any, *, fresh: bool = False
+) -> None:
     """Take the cart, codes and state from the request that was answered (a NewCustomerSessionV2).
 
     Totals are computed locally, as Talon.One would: before any discount.
@@ -329,7 +371,7 @@ def _apply_sent_session(session: CustomerSession, sent: Mapping[str, Any], now: 
         )
     if "cartItems" in sent:
         items = sent.get("cartItems") or []
-        _replace_cart_items(session, items)
+        _replace_cart_items(session, items, fresh=fresh)
         session.cart_item_total = sum(
             (_decimal(item.get("price")) * _decimal(item.get("quantity")) for item in items),
             Decimal(0),
@@ -364,8 +406,11 @@ def _copy_codes(session: CustomerSession, data: Mapping[str, Any]) -> None:
         session.referral_code = str(data.get("referralCode") or "")[:100]
 
 
-def _replace_cart_items(session: CustomerSession, items: list[Mapping[str, Any]]) -> None:
-    session.cart_items.all().delete()
+def _replace_cart_items(
+    session: CustomerSession, items: list[Mapping[str, Any]], *, fresh: bool = False
+) -> None:
+    if not fresh:
+        session.cart_items.all().delete()
     CartItem.objects.bulk_create(
         [
             CartItem(
@@ -400,18 +445,22 @@ def _session_raw(previous: Mapping[str, Any], answer: Mapping[str, Any]) -> dict
 
 def _session_profile(
     session: CustomerSession, answer: Mapping[str, Any], order: Any, now: Any
-) -> CustomerProfile | None:
+) -> tuple[CustomerProfile | None, bool]:
+    """The session's profile, found or created (and locked), updated from the answer; and
+    whether this transaction created it."""
     data = answer.get("customerProfile")
     integration_id = session.profile_integration_id
     if isinstance(data, Mapping) and data.get("integrationId"):
         integration_id = str(data["integrationId"])
     if not integration_id:
         session.profile = None
-        return None
-    profile, _ = _get_or_create(CustomerProfile, {"integration_id": integration_id}, lock=True)
+        return None, False
+    profile, created = _get_or_create(
+        CustomerProfile, {"integration_id": integration_id}, lock=True
+    )
     changed = False
     if isinstance(data, Mapping) and data:
-        _apply_profile(profile, data, now)
+        _apply_profile(profile, data, now, fresh=created)
         profile.synced_at = now
         changed = True
     if order is not None and profile.user_id is None:
@@ -420,17 +469,30 @@ def _session_profile(
         profile.save()
     session.profile = profile
     session.profile_integration_id = integration_id
-    return profile
+    return profile, created
 
 
 # ---- effects ---------------------------------------------------------------------------------
 
 
 def _replace_effects(
-    session: CustomerSession, answered: list[Any], previous_state: str, now: Any
+    session: CustomerSession,
+    answered: list[Any],
+    previous_state: str,
+    now: Any,
+    *,
+    fresh: bool = False,
 ) -> list[Effect]:
-    """Make ``answered`` the session's current effects; returns the current rows."""
+    """Make ``answered`` the session's current effects; returns the current rows.
+
+    ``fresh``: the session row was created in this transaction, so it has no effects yet.
+    """
     answered = [effect for effect in answered if isinstance(effect, Mapping)]
+    if fresh:
+        codes = _accepted_codes(answered)
+        return Effect.objects.bulk_create(
+            [_effect_row(session, effect, codes, now) for effect in answered]
+        )
     current = list(session.effects.filter(is_current=True).order_by("id"))
     if [row.raw for row in current] == answered:
         # The same set again (a reconciling read, an unchanged cart): no churn, no extra history.
@@ -447,6 +509,27 @@ def _replace_effects(
     codes = _accepted_codes(answered)
     rows = [_effect_row(session, effect, codes, now) for effect in answered]
     return Effect.objects.bulk_create(rows)
+
+
+def _add_history(session: CustomerSession, answered: list[Any], now: Any) -> None:
+    """Record ``answered`` (a return's rollbacks) as past effects of the session, once: the same
+    answer again (a replayed return: Talon.One repeats the first answer) adds nothing."""
+    answered = [effect for effect in answered if isinstance(effect, Mapping)]
+    if not answered:
+        return
+    types = {str(effect.get("effectType") or "")[:100] for effect in answered}
+    recorded = list(
+        session.effects.filter(is_current=False, effect_type__in=types).values_list(
+            "raw", flat=True
+        )
+    )
+    if all(effect in recorded for effect in answered):
+        return
+    codes = _accepted_codes(answered)
+    rows = [_effect_row(session, effect, codes, now) for effect in answered]
+    for row in rows:
+        row.is_current = False
+    Effect.objects.bulk_create(rows)
 
 
 def _effect_row(
@@ -518,8 +601,13 @@ def _coupon_code(
 # ---- profiles, audiences, loyalty ------------------------------------------------------------
 
 
-def _apply_profile(profile: CustomerProfile, data: Mapping[str, Any], now: Any) -> None:
-    """Copy a CustomerProfile / AudienceCustomer payload onto the row and its audiences."""
+def _apply_profile(
+    profile: CustomerProfile, data: Mapping[str, Any], now: Any, *, fresh: bool = False
+) -> None:
+    """Copy a CustomerProfile / AudienceCustomer payload onto the row and its audiences.
+
+    ``fresh``: the row was created in this transaction, so it has no memberships yet.
+    """
     profile.talon_id = _int(data.get("id")) or profile.talon_id
     profile.account_id = _int(data.get("accountId")) or profile.account_id
     if "attributes" in data:
@@ -542,17 +630,21 @@ def _apply_profile(profile: CustomerProfile, data: Mapping[str, Any], now: Any) 
     profile.raw = dict(data)
     memberships = data.get("audienceMemberships")
     # Only the mirror writes memberships, so an unchanged list needs no queries.
-    if isinstance(memberships, list) and memberships != previous:
-        _replace_audiences(profile, memberships, now)
+    if isinstance(memberships, list) and memberships != previous and (memberships or not fresh):
+        _replace_audiences(profile, memberships, now, fresh=fresh)
 
 
-def _replace_audiences(profile: CustomerProfile, memberships: list[Any], now: Any) -> None:
+def _replace_audiences(
+    profile: CustomerProfile, memberships: list[Any], now: Any, *, fresh: bool = False
+) -> None:
     wanted: dict[int, str] = {}
     for membership in memberships:
         if isinstance(membership, Mapping) and _int(membership.get("id")) is not None:
             wanted[_int(membership["id"])] = str(membership.get("name") or "")[:500]
-    profile.audience_memberships.exclude(audience__talon_id__in=list(wanted)).delete()
-    present = set(profile.audience_memberships.values_list("audience__talon_id", flat=True))
+    present: set[int] = set()
+    if not fresh:
+        profile.audience_memberships.exclude(audience__talon_id__in=list(wanted)).delete()
+        present = set(profile.audience_memberships.values_list("audience__talon_id", flat=True))
     for talon_id, name in wanted.items():
         audience, created = _get_or_create(Audience, {"talon_id": talon_id}, {"name": name})
         if not created and name and audience.name != name:
@@ -596,9 +688,13 @@ def _is_saved_user(user: Any) -> bool:
 
 
 def _mirror_loyalty(
-    profile: CustomerProfile | None, loyalty: Any, now: Any
+    profile: CustomerProfile | None, loyalty: Any, now: Any, *, fresh: bool = False
 ) -> list[LoyaltyBalance]:
-    """Upsert the profile ledgers of a Loyalty answer part; card ledgers are not mirrored."""
+    """Upsert the profile ledgers of a Loyalty answer part; card ledgers are not mirrored.
+
+    The caller holds the profile's row lock. ``fresh``: the profile was created in this
+    transaction, so it has no loyalty rows yet: they are inserted in one query per table.
+    """
     if profile is None or not isinstance(loyalty, Mapping):
         return []
     programs: dict[int, Mapping[str, Any]] = {}
@@ -610,28 +706,39 @@ def _mirror_loyalty(
         programs[program_id] = program
     if not programs:
         return []
-    members = {
-        member.program_id: member
-        for member in LoyaltyMembership.objects.filter(profile=profile, program_id__in=programs)
-    }
+    members = (
+        {}
+        if fresh
+        else {
+            member.program_id: member
+            for member in LoyaltyMembership.objects.filter(profile=profile, program_id__in=programs)
+        }
+    )
     wanted: dict[tuple[int, str], dict[str, Any]] = {}
+    joining: list[LoyaltyMembership] = []
     for program_id, program in programs.items():
         joined = _datetime(program.get("joinDate"))
         raw = {k: v for k, v in program.items() if k not in ("ledger", "subLedgers")}
         member = members.get(program_id)
-        if member is None:
+        if fresh:
+            joining.append(
+                LoyaltyMembership(profile=profile, program_id=program_id, joined=joined, raw=raw)
+            )
+        elif member is None:
             lookup = {"profile": profile, "program_id": program_id}
             member, _created = _get_or_create(
                 LoyaltyMembership, lookup, {"joined": joined, "raw": raw}
             )
-        if (member.joined, member.raw) != (joined or member.joined, raw):
+        if member is not None and (member.joined, member.raw) != (joined or member.joined, raw):
             member.joined, member.raw = joined or member.joined, raw
             member.save(update_fields=["joined", "raw"])
         ledgers = {"": program.get("ledger"), **(program.get("subLedgers") or {})}
         for subledger, info in ledgers.items():
             if isinstance(info, Mapping):
                 wanted[(program_id, str(subledger))] = _ledger_fields(info, now)
-    return _upsert_balances(profile, wanted)
+    if joining:
+        LoyaltyMembership.objects.bulk_create(joining)
+    return _upsert_balances(profile, wanted, fresh=fresh)
 
 
 def _ledger_fields(info: Mapping[str, Any], now: Any) -> dict[str, Any]:
@@ -679,9 +786,24 @@ def _tier_fields(info: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _upsert_balances(
-    profile: CustomerProfile, wanted: dict[tuple[int, str], dict[str, Any]]
+    profile: CustomerProfile,
+    wanted: dict[tuple[int, str], dict[str, Any]],
+    *,
+    fresh: bool = False,
 ) -> list[LoyaltyBalance]:
-    """Write each (program, subledger) → fields, reading the existing rows in one query."""
+    """Write each (program, subledger) → fields, reading the existing rows in one query.
+
+    ``fresh``: the profile was created in this transaction; every row is new (one INSERT).
+    """
+    if fresh:
+        return LoyaltyBalance.objects.bulk_create(
+            [
+                LoyaltyBalance(
+                    profile=profile, program_id=program_id, subledger_id=subledger_id, **fields
+                )
+                for (program_id, subledger_id), fields in wanted.items()
+            ]
+        )
     programs = {program_id for program_id, _ in wanted}
     existing = {
         (balance.program_id, balance.subledger_id): balance

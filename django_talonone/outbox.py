@@ -22,13 +22,13 @@ import random
 import socket
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.signals import setting_changed
 from django.db import DatabaseError, OperationalError, connection, transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from . import ratelimit
@@ -248,6 +248,9 @@ def process_key(key: str, *, client: IntegrationClient | None = None) -> int:
     finished = 0
     with _processing(key):
         for _ in range(MAX_ROWS_PER_CALL):
+            # After a row, one cheap read usually finds the key empty; only then claim again.
+            if finished and not _has_unfinished(key):
+                return finished
             claimed = claim(key)
             if claimed is None:
                 return finished
@@ -275,28 +278,23 @@ def claim(key: str) -> tuple[Push, str, list[int]] | None:
             head = _lock_head(key)
             if head is None or head.state != Push.State.PENDING or head.next_attempt_at > now:
                 return None
-            run_rows = _coalescible_run(key, head) if _is_plain_update(head) else [head]
+            if _is_plain_update(head) and getattr(head, "has_later", True):
+                run_rows = _coalescible_run(key, head)
+            else:
+                run_rows = [head]
             survivor, earlier = run_rows[-1], run_rows[:-1]
-            changes: dict[str, Any] = {
-                "state": Push.State.IN_FLIGHT,
-                "claimed_by": token,
-                "claimed_at": now,
-                "attempts": F("attempts") + 1,
-            }
             if earlier:
                 survivor.payload = _merge_updates(run_rows)
-                changes["payload"] = survivor.payload
-                changes["coalesced"] = F("coalesced") + sum(1 + r.coalesced for r in earlier)
             # Compare-and-set: only a pending row whose key has no earlier unfinished row and
             # nothing in flight. On PostgreSQL the row lock already makes this true; on SQLite,
             # which has no row locks but runs one writer at a time, this UPDATE is the lock.
-            others = Push.objects.filter(key=key, state__in=UNFINISHED).exclude(
-                pk__in=[r.pk for r in run_rows]
-            )
-            won = (
-                Push.objects.filter(pk=survivor.pk, state=Push.State.PENDING)
-                .exclude(Exists(others.filter(Q(pk__lt=survivor.pk) | Q(state="in_flight"))))
-                .update(**changes)
+            won = _compare_and_set(
+                key,
+                survivor,
+                run_rows,
+                token=token,
+                now=now,
+                coalesced=sum(1 + r.coalesced for r in earlier),
             )
             if not won:
                 return None
@@ -313,25 +311,38 @@ def claim(key: str) -> tuple[Push, str, list[int]] | None:
         # SQLite: another process wrote since our read ("database is locked"); it holds the key.
         logger.debug("claiming %s lost a race: %s", key, exc)
         return None
-    survivor.refresh_from_db()
+    # The row as the UPDATE left it, without reading it back: it was read in the same
+    # transaction (under its row lock on PostgreSQL; on SQLite any write in between would have
+    # failed the claim), so only the columns set above changed.
+    survivor.state = Push.State.IN_FLIGHT
+    survivor.claimed_by = token
+    survivor.claimed_at = now
+    survivor.attempts += 1
+    if earlier:
+        survivor.coalesced += sum(1 + r.coalesced for r in earlier)
     return survivor, token, [r.pk for r in earlier]
 
 
 def run(
-    push: Push, token: str, *, client: IntegrationClient, max_wait: float | None = None
+    push: Push,
+    token: str,
+    *,
+    client: IntegrationClient,
+    max_wait: float | None = None,
+    order: Any = None,
 ) -> Attempt:
     """Send one claimed push (reconciling first if an earlier try may have been applied), mirror
     the answer and record the outcome on the row.
 
     API and payload errors are recorded, not raised; only a database failure escapes (the row then
     stays in flight until the sweep takes it back). ``max_wait`` bounds the wait for the rate
-    limit (None: as long as it takes).
+    limit (None: as long as it takes). ``order``: the object the payload's link names, if at hand.
     """
     try:
         if push.outcome_unknown:
             found = _reconcile(push, client)
             if found is not None:
-                return _finish(push, token, found, client, reconciled=True)
+                return _finish(push, token, found, client, reconciled=True, order=order)
         answer = _send(push, client, max_wait=max_wait)
     except TalonOneError as exc:
         if (
@@ -340,13 +351,13 @@ def run(
             and push.operation == DELETE_CUSTOMER
         ):
             # The earlier, unanswered delete went through: the profile is gone.
-            return _finish(push, token, None, client)
+            return _finish(push, token, None, client, order=order)
         return _fail(push, token, exc)
     except Exception as exc:
         # Not an API answer: a payload the client refuses (bad path arg, unserialisable body).
         logger.exception("push #%s (%s %s) could not be sent", push.pk, push.operation, push.key)
         return _fail(push, token, exc)
-    return _finish(push, token, answer, client)
+    return _finish(push, token, answer, client, order=order)
 
 
 def send_now(
@@ -356,6 +367,8 @@ def send_now(
     *,
     client: IntegrationClient,
     session: CustomerSession | None = None,
+    session_id: int | None = None,
+    order: Any = None,
     source: str = "",
     max_wait: float | None = None,
 ) -> Attempt:
@@ -364,6 +377,10 @@ def send_now(
     The row is written already in flight, so no worker sends for the key meanwhile. When the key
     has earlier unfinished rows, or another sender holds it, the row is left pending behind them
     (outcome ``queued``) and nothing is sent. The synchronous path of :func:`evaluate_cart`.
+
+    ``session`` (or just its ``session_id``) is the mirrored session the row belongs to, if any;
+    ``order`` the shop's object the payload's ``link`` names, when the caller has it at hand (it
+    is then not read again).
     """
     now = timezone.now()
     token = _new_token()
@@ -371,7 +388,7 @@ def send_now(
         key=key,
         operation=operation,
         payload=payload,
-        session=session,
+        session_id=session.pk if session is not None else session_id,
         source=source[:100],
         state=Push.State.IN_FLIGHT,
         claimed_by=token,
@@ -392,7 +409,7 @@ def send_now(
         if settings.DISPATCH == "celery":
             schedule(key)
         return Attempt(push, "queued")
-    return run(push, token, client=client, max_wait=max_wait)
+    return run(push, token, client=client, max_wait=max_wait, order=order)
 
 
 def record_failure(
@@ -577,16 +594,103 @@ setting_changed.connect(_reset_clients)
 # --- helpers: claiming --------------------------------------------------------------------------
 
 
+# The claim's two statements are written out: they run for every push, and building them with
+# the ORM (Exists subqueries, F expressions) cost more CPU than running them.
+
+
 def _lock_head(key: str) -> Push | None:
-    rows = Push.objects.filter(key=key, state__in=UNFINISHED).order_by("id")
-    if not connection.features.has_select_for_update_skip_locked:
-        return rows.first()
-    # The first unfinished row nobody else holds. If an earlier one exists, another worker has
-    # it locked (it is claiming the key right now): leave the key to that worker.
-    head = rows.select_for_update(skip_locked=True).first()
-    if head is not None and rows.filter(pk__lt=head.pk).exists():
+    """The key's first unfinished row (locked on PostgreSQL), or None when another worker holds
+    it. The row carries ``has_later``: whether unfinished rows of the key follow it.
+
+    On PostgreSQL: the first unfinished row nobody else holds. If an earlier one exists, another
+    worker has it locked (it is claiming the key right now): leave the key to that worker. The
+    earlier and later rows are looked for in the same statement.
+    """
+    skip_locked = bool(connection.features.has_select_for_update_skip_locked)
+    sql = _statement(_head_sql, skip_locked)
+    rows = list(Push.objects.raw(sql, [*UNFINISHED, *UNFINISHED, key, *UNFINISHED]))
+    head = rows[0] if rows else None
+    if head is not None and skip_locked and head.blocked:
         return None
     return head
+
+
+def _compare_and_set(
+    key: str, survivor: Push, run_rows: list[Push], *, token: str, now: Any, coalesced: int
+) -> bool:
+    """Mark ``survivor`` in flight if it is still pending and no other unfinished row of the key
+    (the folded ``run_rows`` aside) is earlier or in flight; True when the row was won."""
+    fields = {f: Push._meta.get_field(f) for f in ("claimed_at", "payload")}
+    params: list[Any] = [Push.State.IN_FLIGHT, token]
+    params.append(fields["claimed_at"].get_db_prep_save(now, connection))
+    if coalesced:
+        params += [fields["payload"].get_db_prep_save(survivor.payload, connection), coalesced]
+    run_ids = [r.pk for r in run_rows]
+    params += [survivor.pk, Push.State.PENDING, key, *UNFINISHED, *run_ids, survivor.pk]
+    params.append(Push.State.IN_FLIGHT)
+    sql = _statement(_cas_sql, bool(coalesced), len(run_ids))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount == 1
+
+
+def _statement(build: Callable[..., str], *args: Any) -> str:
+    """``build(*args)``, made once per database vendor."""
+    cache_key = (connection.vendor, build.__name__, *args)
+    sql = _statements.get(cache_key)
+    if sql is None:
+        sql = _statements[cache_key] = build(*args)
+    return sql
+
+
+def _columns() -> dict[str, str]:
+    qn = connection.ops.quote_name
+    names = ("id", "key", "state", "claimed_by", "claimed_at", "attempts", "payload", "coalesced")
+    found = {name: qn(Push._meta.get_field(name).column) for name in names}
+    found["table"] = qn(Push._meta.db_table)
+    return found
+
+
+# Only quoted identifiers and placeholders are interpolated into these statements (S608).
+
+
+def _head_sql(skip_locked: bool) -> str:
+    c = _columns()
+
+    def others(op: str) -> str:
+        return (
+            f"EXISTS (SELECT 1 FROM {c['table']} o WHERE o.{c['key']} = p.{c['key']}"  # noqa: S608
+            f" AND o.{c['state']} IN (%s, %s) AND o.{c['id']} {op} p.{c['id']})"
+        )
+
+    sql = (
+        f"SELECT p.*, {others('<')} AS blocked, {others('>')} AS has_later"  # noqa: S608
+        f" FROM {c['table']} p WHERE p.{c['key']} = %s AND p.{c['state']} IN (%s, %s)"
+        f" ORDER BY p.{c['id']} LIMIT 1"
+    )
+    return sql + " FOR UPDATE OF p SKIP LOCKED" if skip_locked else sql
+
+
+def _cas_sql(coalescing: bool, run_len: int) -> str:
+    c = _columns()
+    sets = f"{c['state']} = %s, {c['claimed_by']} = %s, {c['claimed_at']} = %s"
+    sets += f", {c['attempts']} = {c['attempts']} + 1"
+    if coalescing:
+        sets += f", {c['payload']} = %s, {c['coalesced']} = {c['coalesced']} + %s"
+    run = ", ".join(["%s"] * run_len)
+    return (
+        f"UPDATE {c['table']} SET {sets} WHERE {c['id']} = %s AND {c['state']} = %s"  # noqa: S608
+        f" AND NOT EXISTS (SELECT 1 FROM {c['table']} o WHERE o.{c['key']} = %s"
+        f" AND o.{c['state']} IN (%s, %s) AND o.{c['id']} NOT IN ({run})"
+        f" AND (o.{c['id']} < %s OR o.{c['state']} = %s))"
+    )
+
+
+_statements: dict[tuple[Any, ...], str] = {}
+
+
+def _has_unfinished(key: str) -> bool:
+    return Push.objects.filter(key=key, state__in=UNFINISHED).exists()
 
 
 def _coalescible_run(key: str, head: Push) -> list[Push]:
@@ -725,10 +829,21 @@ def _reconcile(push: Push, client: IntegrationClient) -> Any:
 
 
 def _finish(
-    push: Push, token: str, answer: Any, client: IntegrationClient, *, reconciled: bool = False
+    push: Push,
+    token: str,
+    answer: Any,
+    client: IntegrationClient,
+    *,
+    reconciled: bool = False,
+    order: Any = None,
 ) -> Attempt:
     """Mirror the answer and mark the row done in one transaction; a mirror error is recorded on
     the (still done: it was sent) row and logged."""
+    # A return answers only its rollback effects; the session's current set (the lines kept) is
+    # read back before the mirror's transaction, so no database lock waits on HTTP.
+    settled = None
+    if push.operation == RETURN_ITEMS and not reconciled and isinstance(answer, dict):
+        settled = _read_settled(push, client)
     now = timezone.now()
     attempt = Attempt(push, "done", answer=answer)
     done: dict[str, Any] = {
@@ -741,7 +856,9 @@ def _finish(
     }
     try:
         with transaction.atomic():
-            attempt.session, attempt.profile = _mirror(push, answer, reconciled=reconciled)
+            attempt.session, attempt.profile = _mirror(
+                push, answer, reconciled=reconciled, order=order, settled=settled
+            )
             if attempt.session is not None:
                 done["session"] = attempt.session
             if attempt.profile is not None:
@@ -754,6 +871,7 @@ def _finish(
             push.operation,
             push.key,
         )
+        attempt.session = attempt.profile = None  # rolled back with the transaction
         done.pop("session", None)
         done.pop("profile", None)
         done.update(
@@ -761,12 +879,16 @@ def _finish(
             error_class=type(exc).__name__[:100],
         )
         updated = Push.objects.filter(pk=push.pk, claimed_by=token).update(**done)
-    if not updated:
+    if updated:
+        # What the UPDATE wrote, without reading the row back.
+        for name, value in done.items():
+            setattr(push, name, value)
+    else:
         # The sweep took the row back meanwhile (this worker was too slow); the next sender
         # reconciles it. Nothing more to do here.
         logger.warning("push #%s finished after it was reclaimed", push.pk)
         attempt.outcome = "lost"
-    _refresh(push)
+        _refresh(push)
     if _changes_points(push):
         _fetch_loyalty(push, answer, client)
     return attempt
@@ -828,8 +950,33 @@ def retry_delay(attempts: int, retry_after: float | None = None) -> float:
     return delay
 
 
+def _read_settled(push: Push, client: IntegrationClient) -> dict[str, Any] | None:
+    """After a return: the session read back, its effects netted of what was rolled back (the
+    discounts of the lines kept). None when it cannot be read: the mirror then keeps the return's
+    rollbacks as the current set until the session's next answer."""
+    session_id = (push.payload.get("args") or [""])[0]
+    try:
+        _take_token("get_customer_session", None)
+        answer = client.get_customer_session(session_id)
+    except Exception as exc:
+        logger.warning(
+            "push #%s (%s %s): the return went through, but reading the session back failed: %s",
+            push.pk,
+            push.operation,
+            push.key,
+            _describe(exc),
+        )
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
 def _mirror(
-    push: Push, answer: Any, *, reconciled: bool = False
+    push: Push,
+    answer: Any,
+    *,
+    reconciled: bool = False,
+    order: Any = None,
+    settled: dict[str, Any] | None = None,
 ) -> tuple[CustomerSession | None, CustomerProfile | None]:
     from . import mirror
 
@@ -843,14 +990,20 @@ def _mirror(
         if not isinstance(answer, dict):
             return None, None
         sent = payload.get("body")
+        # _finish's transaction wraps the mirror and is rolled back whole on error: no savepoint.
+        if order is None:
+            order = _linked_order(payload)
         session = mirror.mirror_session_answer(
-            first, answer, order=_linked_order(payload), sent_payload=sent
+            first, answer, order=order, sent_payload=sent, savepoint=False, settled=settled
         )
         return session, None
     if op == REOPEN_SESSION:
         return mirror.mirror_reopen_answer(first, answer or {}), None
     if op == UPDATE_PROFILE:
-        return None, mirror.mirror_profile_answer(first, answer or {}, user=_linked_user(payload))
+        profile = mirror.mirror_profile_answer(
+            first, answer or {}, user=_linked_user(payload), savepoint=False
+        )
+        return None, profile
     if op == DELETE_CUSTOMER:
         mirror.purge_profile(first)
         return None, None

@@ -64,7 +64,8 @@ def evaluate_cart(cart: Any, *, dry: bool = False, timeout: float | None = None)
         adapter = get_adapter()
         session_id = str(adapter.session_id(cart))
         body = adapter.session_payload(cart)
-        link = outbox.make_link(order=adapter.order_for_session(cart))
+        order = adapter.order_for_session(cart)
+        link = outbox.make_link(order=order)
     except Exception as exc:
         logger.exception("evaluate_cart: the adapter could not describe the cart")
         if not dry:
@@ -81,7 +82,8 @@ def evaluate_cart(cart: Any, *, dry: bool = False, timeout: float | None = None)
             outbox.session_key(session_id),
             payload,
             client=client,
-            session=_local_session(session_id),
+            session_id=_local_session_pk(session_id),
+            order=order,
             source="evaluate_cart",
             max_wait=wait,
         )
@@ -106,7 +108,11 @@ def evaluate_cart(cart: Any, *, dry: bool = False, timeout: float | None = None)
             preview=True,
             push=attempt.push,
         )
-    return Evaluation(session=session, effects=_current_effects(session), push=attempt.push)
+    # The mirror hands over the session's current effects as it wrote (or kept) them.
+    effects = getattr(session, "_mirrored_effects", None)
+    if effects is None:
+        effects = _current_effects(session)
+    return Evaluation(session=session, effects=list(effects), push=attempt.push)
 
 
 def preview_effects(session_id: str, effects: Any) -> list[Effect]:
@@ -155,6 +161,19 @@ def _local_session(session_id: str) -> CustomerSession | None:
     try:
         return CustomerSession.objects.filter(integration_id=session_id).first()
     except Exception:  # a broken database connection must not break the cart page either
+        logger.exception("evaluate_cart: could not read the mirrored session %s", session_id)
+        return None
+
+
+def _local_session_pk(session_id: str) -> int | None:
+    """The pk of the mirrored session (the push row links to it), without loading the row."""
+    try:
+        return (
+            CustomerSession.objects.filter(integration_id=session_id)
+            .values_list("pk", flat=True)
+            .first()
+        )
+    except Exception:
         logger.exception("evaluate_cart: could not read the mirrored session %s", session_id)
         return None
 

@@ -203,14 +203,32 @@ class FakeTalon:
     def _get(self, req: Request) -> tuple[int, Any]:
         if req.ident not in self.sessions:
             return 404, {"message": "not found"}
-        return 200, self._state(self.sessions[req.ident])
+        session = self.sessions[req.ident]
+        if session["state"] == "partially_returned":
+            # The effects netted of what the return rolled back: here, half the discount.
+            answer = self._state({**session, "state": "closed"})
+            for effect in answer["effects"]:
+                effect["props"]["value"] = round(effect["props"]["value"] / 2, 2)
+            return 200, {**answer, "customerSession": {**answer["customerSession"], **session}}
+        return 200, self._state(session)
 
     def _return(self, req: Request) -> tuple[int, Any]:
         session = self._session(req.ident)
         if session["state"] != "closed":
             return 400, {"message": "session is not closed"}
+        kept = self._state(session)["effects"]
         session["state"] = "partially_returned"
-        return 200, {**self._state(session), "createdCoupons": [], "createdReferrals": []}
+        # A return answers its rollback effects only: half the discount goes back.
+        rollbacks = [
+            {
+                **effect,
+                "effectType": "rollbackDiscount",
+                "props": {"name": effect["props"]["name"], "value": effect["props"]["value"] / 2},
+            }
+            for effect in kept
+        ]
+        state = self._state(session)
+        return 200, {**state, "effects": rollbacks, "createdCoupons": [], "createdReferrals": []}
 
     def _reopen(self, req: Request) -> tuple[int, Any]:
         session = self._session(req.ident)

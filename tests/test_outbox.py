@@ -250,6 +250,42 @@ def test_claim_is_a_compare_and_set(talon):
     assert (push.state, push.attempts, push.claimed_by) == ("in_flight", 1, claimed[1])
 
 
+CLAIMED_FIELDS = ("state", "attempts", "claimed_by", "claimed_at", "payload", "coalesced")
+
+
+def test_a_claimed_row_is_what_the_database_holds(talon):
+    for sku in "ABC":  # written directly: no wake-up call, so the three are folded into one
+        Push.objects.create(
+            key=KEY, operation=UPDATE_SESSION, payload=make_payload(SID, body=cart_body(sku))
+        )
+    push, token, folded = outbox.claim(KEY)
+    assert len(folded) == 2
+    stored = Push.objects.get(pk=push.pk)
+    assert [getattr(push, f) for f in CLAIMED_FIELDS] == [
+        getattr(stored, f) for f in CLAIMED_FIELDS
+    ]
+    attempt = outbox.run(push, token, client=outbox.get_client())
+    stored.refresh_from_db()
+    done = (*CLAIMED_FIELDS, "done_at", "outcome_unknown", "last_error", "session_id")
+    assert attempt.outcome == "done"
+    assert [getattr(attempt.push, f) for f in done] == [getattr(stored, f) for f in done]
+
+
+def test_a_cart_update_costs_a_bounded_number_of_queries(talon, django_assert_num_queries):
+    """Claim (2 statements), send, mirror a changed cart of a mirrored session (no profile) and
+    mark the row done (8), then one read that finds the key empty; plus the two savepoints that
+    stand in for BEGIN and COMMIT inside the test's transaction (4)."""
+    outbox.process_key(push_cart("A").key)
+    Push.objects.create(
+        key=KEY, operation=UPDATE_SESSION, payload=make_payload(SID, body=cart_body("A", "B"))
+    )
+    with django_assert_num_queries(15):
+        assert outbox.process_key(KEY) == 1
+    session = CustomerSession.objects.get(integration_id=SID)
+    assert list(session.cart_items.values_list("sku", flat=True)) == ["A", "B"]
+    assert session.effects.get(is_current=True).props["value"] == 2.0
+
+
 def test_failed_rows_do_not_block_their_key(talon, django_capture_on_commit_callbacks):
     talon.fail("update", 400)
     with django_capture_on_commit_callbacks(execute=True):
@@ -478,6 +514,52 @@ def test_returns_carry_the_idempotency_key_and_keep_it_on_a_retry(
     outbox.process_key(KEY)
     outbox.sweep(grace=0)
     assert len(talon.sent("return")) == 2
+
+
+def closed_session_returned(django_capture_on_commit_callbacks: Any) -> Push:
+    """A closed session with a 20.00 cart (2.00 off), half of it returned."""
+    with django_capture_on_commit_callbacks(execute=True):
+        push_cart("A", "B", state="closed")
+        push = outbox.enqueue(
+            outbox.RETURN_ITEMS,
+            KEY,
+            make_payload(
+                SID, body={"return": {"returnedCartItems": [{"position": 1, "quantity": 1}]}}
+            ),
+        )
+    push.refresh_from_db()
+    return push
+
+
+def test_a_return_reads_the_session_back_for_the_effects_it_keeps(
+    talon, django_capture_on_commit_callbacks
+):
+    push = closed_session_returned(django_capture_on_commit_callbacks)
+    assert push.state == "done"
+    assert [r.route for r in talon.sent()][-2:] == ["return", "get"]
+    session = CustomerSession.objects.get(integration_id=SID)
+    current = list(session.effects.filter(is_current=True))
+    assert [(e.effect_type, e.props["value"]) for e in current] == [("setDiscount", 1.0)]
+    assert session.discount_total == Decimal("1.00")
+    # The return's rollbacks are kept as history, beside the closed session's own effects.
+    history = session.effects.filter(is_current=False).order_by("id")
+    assert [(e.effect_type, e.props["value"]) for e in history] == [
+        ("setDiscount", 2.0),
+        ("rollbackDiscount", 1.0),
+    ]
+
+
+def test_a_return_whose_session_cannot_be_read_back_is_still_done(
+    talon, django_capture_on_commit_callbacks, caplog
+):
+    talon.fail("get", 503, 503, 503)  # the client's own GET retries too
+    push = closed_session_returned(django_capture_on_commit_callbacks)
+    assert (push.state, push.last_error) == ("done", "")
+    assert "reading the session back failed" in caplog.text
+    # Until the session's next answer, its current set is what the return answered.
+    session = CustomerSession.objects.get(integration_id=SID)
+    current = session.effects.filter(is_current=True)
+    assert [e.effect_type for e in current] == ["rollbackDiscount"]
 
 
 def test_loyalty_balances_are_fetched_after_a_close(

@@ -215,6 +215,17 @@ def test_django_models_work_with_the_default_adapter():
     assert adapter.order_for_session(cart()) is None
 
 
+@pytest.mark.django_db
+def test_prefetched_lines_are_used_in_pk_order(django_assert_num_queries):
+    order = Order.objects.create()
+    second = OrderLine.objects.create(order=order, sku="B", quantity=1, price=Decimal("2.00"))
+    first = OrderLine.objects.create(order=order, sku="A", quantity=2, price=Decimal("10.25"))
+    order = Order.objects.prefetch_related("lines").get(pk=order.pk)
+    with django_assert_num_queries(0):
+        items = ShopAdapter().cart_items(order)
+    assert [item["sku"] for item in items] == [second.sku, first.sku]
+
+
 def test_profile_payload():
     class Audiences(ShopAdapter):
         def audiences_changes(self, user):

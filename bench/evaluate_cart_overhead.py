@@ -1,0 +1,300 @@
+"""Checkout-path overhead of ``evaluate_cart(cart)`` above the bare client call, on SQLite and on
+PostgreSQL.
+
+The sandbox runs in its own process (``python -m django_talonone.sandbox`` with the demo campaigns,
+127.0.0.1). For each database a child process (Django settings are per process) sets up
+``tests.settings`` on that database (SQLite in memory, or a dedicated PostgreSQL database that is
+created, migrated and dropped), makes a test-shop order (``tests.shop``) of a saved customer with
+the 5 cart lines of ``client_overhead.py`` (lines prefetched, as a cart page has them), and times,
+interleaved call by call after a warm-up:
+
+- ``bare``: ``client.update_customer_session_v2(session_id, body)`` with the body the adapter makes
+  for that cart, on the same client ``evaluate_cart`` uses, for a session of its own;
+- ``evaluate_cart``: ``django_talonone.evaluate_cart(order)`` (inline dispatch), which also
+  builds the body, records the push, mirrors the answer and returns the mirrored effects.
+
+Before every call (untimed) the shop changes the cart: one line's quantity goes up or down, saved
+and set on the prefetched line. So each answer brings a new cart and new effects to mirror, as
+when a customer edits the cart. ``--same-cart`` sends the same
+cart every time instead (nothing to rewrite). Overhead = p50(evaluate_cart) - p50(bare).
+
+Prints a table and writes ``bench/results/evaluate_cart_overhead.json``. Nothing is asserted.
+
+    .venv/bin/python bench/evaluate_cart_overhead.py [--n 1000] [--warmup 100] [--same-cart]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _services import (
+    ROOT,
+    SandboxProcess,
+    django_versions,
+    keep_proxies_away,
+    machine_info,
+    postgres_database,
+)
+from client_overhead import CART, SHIPPING  # the same 5-line cart as the client benchmark
+
+sys.path.insert(0, str(ROOT))  # tests.settings, tests.shop
+
+DEFAULT_OUT = ROOT / "bench" / "results" / "evaluate_cart_overhead.json"
+PG_DATABASE = "talonone_bench_eval"
+GOAL_OVERHEAD_MS = 3.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1000, help="timed calls per contender (1000)")
+    parser.add_argument("--warmup", type=int, default=100, help="untimed calls per contender")
+    parser.add_argument("--db", default="sqlite,postgres", help="databases (sqlite,postgres)")
+    parser.add_argument("--same-cart", action="store_true", help="the same cart every call")
+    parser.add_argument(
+        "--queries", action="store_true", help="list the statements of one evaluate_cart call"
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--sandbox-url", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON")
+    args = parser.parse_args(argv)
+    keep_proxies_away()
+    if args.child:
+        return child(args)
+
+    dbs = [d.strip() for d in args.db.split(",") if d.strip()]
+    results: dict[str, Any] = {}
+    with SandboxProcess() as sandbox:
+        for db in dbs:
+            results[db] = _run_child(db, sandbox.url, args)
+    machine = results[dbs[0]]["machine"] if dbs else {}
+    print(
+        f"evaluate_cart_overhead: Python {machine.get('python')}, Django {machine.get('django')},"
+        f" {machine.get('cpu_count')} CPU ({machine.get('cpu_model')}),"
+        f" load {machine.get('loadavg_1m')}"
+    )
+    print(
+        f"{args.n} calls per contender, interleaved, after {args.warmup} warm-up calls;"
+        f" {'the same cart' if args.same_cart else 'the cart changes'} on every call;"
+        " sandbox in its own process"
+    )
+    print(
+        f"\n{'database':<10} {'contender':<14} {'p50 ms':>7} {'p95 ms':>7} {'mean ms':>8}"
+        f" {'CPU p50':>8} {'queries':>8}"
+    )
+    goals = {}
+    for db in dbs:
+        r = results[db]
+        for name in ("bare", "evaluate_cart"):
+            s = r["contenders"][name]
+            print(
+                f"{db:<10} {name:<14} {s['p50_ms']:>7.2f} {s['p95_ms']:>7.2f} {s['mean_ms']:>8.2f}"
+                f" {s['cpu_p50_ms']:>8.2f} {s.get('queries', 0):>8}"
+            )
+        over = r["overhead"]
+        print(
+            f"{'':<10} overhead       {over['p50_ms']:>7.2f} {over['p95_ms']:>7.2f}"
+            f"          {over['cpu_p50_ms']:>8.2f}   (evaluate_cart - bare)"
+        )
+        goals[db] = {
+            "limit_ms": GOAL_OVERHEAD_MS,
+            "value_ms": over["p50_ms"],
+            "met": over["p50_ms"] <= GOAL_OVERHEAD_MS,
+        }
+        if r.get("statements"):
+            print("    statements of one evaluate_cart call:")
+            for sql in r["statements"]:
+                print(f"      {sql}")
+    print("\ngoal (issue 5): evaluate_cart overhead <= 3 ms p50 over the bare call")
+    for db, goal in goals.items():
+        print(f"  {db}: {goal['value_ms']:.2f} ms -> {'met' if goal['met'] else 'NOT met'}")
+
+    report = {
+        "bench": "evaluate_cart_overhead",
+        "machine": machine,
+        "config": {
+            "n": args.n,
+            "warmup": args.warmup,
+            "cart": "5 lines (client_overhead.CART), shipping, a saved customer, lines prefetched",
+            "cart_changes": not args.same_cart,
+            "dispatch": "inline",
+            "sandbox": "python -m django_talonone.sandbox, own process, demo campaigns",
+            "sqlite": "tests.settings: in memory",
+            "postgres": f"127.0.0.1, dedicated database {PG_DATABASE}",
+        },
+        "results": {
+            db: {k: v for k, v in r.items() if k != "machine"} for db, r in results.items()
+        },
+        "goals": goals,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+def _run_child(db: str, sandbox_url: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", db]
+    cmd += ["--sandbox-url", sandbox_url, "--n", str(args.n), "--warmup", str(args.warmup)]
+    if args.same_cart:
+        cmd.append("--same-cart")
+    if args.queries:
+        cmd.append("--queries")
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"the {db} run failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --- the child: one database ---------------------------------------------------------------------
+
+
+def child(args: argparse.Namespace) -> int:
+    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+    os.environ["TALONONE_TEST_BASE_URL"] = args.sandbox_url
+    os.environ["TALONONE_TEST_API_KEY"] = "sandbox-api-key"
+    os.environ.pop("TALONONE_TEST_SETTINGS", None)
+    stack = contextlib.ExitStack()
+    if args.child == "postgres":
+        os.environ["TALONONE_TEST_DB"] = "postgres"
+        os.environ["PGDATABASE"] = PG_DATABASE
+        stack.enter_context(postgres_database(PG_DATABASE))
+    else:
+        os.environ.pop("TALONONE_TEST_DB", None)
+    with stack:
+        import django
+        from django.core.management import call_command
+
+        django.setup()
+        call_command("migrate", verbosity=0)
+        result = measure(args)
+        result["machine"] = machine_info(**django_versions())
+    print(json.dumps(result))
+    return 0
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    from django.contrib.auth.models import User
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from django_talonone import evaluate_cart, outbox
+    from django_talonone.adapters import get_adapter
+    from django_talonone.conf import settings
+    from tests.shop.models import Order, OrderLine
+
+    customer = User.objects.create(username="bench-customer")
+    orders = []
+    for _ in range(2):  # one for evaluate_cart, one whose session the bare call updates
+        order = Order.objects.create(customer=customer, shipping_cost=SHIPPING)
+        OrderLine.objects.bulk_create(
+            OrderLine(order=order, sku=sku, name=name, quantity=qty, price=price, category=cat)
+            for name, sku, qty, price, cat, _attrs in CART
+        )
+        orders.append(Order.objects.prefetch_related("lines").get(pk=order.pk))
+    cart, other = orders
+    adapter = get_adapter()
+    client = outbox.get_client(float(settings.EVALUATE_TIMEOUT))  # the one evaluate_cart uses
+    bare_id = adapter.session_id(other)
+    bodies = []
+    for step in range(2):
+        _set_quantity(other, step, args.same_cart)
+        bodies.append(adapter.session_payload(other))
+
+    def call_bare(i: int) -> Any:
+        return client.update_customer_session_v2(bare_id, bodies[i % 2])
+
+    def call_evaluate(i: int) -> Any:
+        result = evaluate_cart(cart)
+        if result.stale or result.preview:
+            raise SystemExit(f"evaluate_cart fell back: {result.error or 'preview'}")
+        return result
+
+    def prepare(name: str, i: int) -> None:  # untimed: the shop changes its cart
+        if name == "evaluate_cart":
+            _set_quantity(cart, i, args.same_cart)
+
+    contenders = {"bare": call_bare, "evaluate_cart": call_evaluate}
+    prepare("evaluate_cart", 0)
+    if not call_evaluate(0).effects:
+        raise SystemExit("the sandbox answered no effects for the cart")
+    for i in range(1, args.warmup + 1):
+        for name, call in contenders.items():
+            prepare(name, i)
+            call(i)
+    queries: dict[str, int] = {}
+    statements: list[str] = []
+    for name, call in contenders.items():
+        prepare(name, args.warmup + 1)
+        with CaptureQueriesContext(connection) as captured:
+            call(args.warmup + 1)
+        queries[name] = len(captured)
+        if name == "evaluate_cart" and args.queries:
+            statements = [q["sql"][:140] for q in captured.captured_queries]
+    samples: dict[str, list[int]] = {name: [] for name in contenders}
+    cpu: dict[str, list[int]] = {name: [] for name in contenders}
+    order = list(contenders.items())
+    gc.collect()
+    wall, proc = time.perf_counter_ns, time.process_time_ns
+    for i in range(args.warmup + 2, args.warmup + 2 + args.n):
+        for name, call in order if i % 2 else order[::-1]:
+            prepare(name, i)
+            c0, t0 = proc(), wall()
+            call(i)
+            t1, c1 = wall(), proc()
+            samples[name].append(t1 - t0)
+            cpu[name].append(c1 - c0)
+    stats = {name: _summary(samples[name], cpu[name]) for name in contenders}
+    for name in contenders:
+        stats[name]["queries"] = queries[name]
+    pairs = [e - b for e, b in zip(samples["evaluate_cart"], samples["bare"], strict=True)]
+    overhead = {
+        "p50_ms": round(stats["evaluate_cart"]["p50_ms"] - stats["bare"]["p50_ms"], 3),
+        "p95_ms": round(stats["evaluate_cart"]["p95_ms"] - stats["bare"]["p95_ms"], 3),
+        "cpu_p50_ms": round(stats["evaluate_cart"]["cpu_p50_ms"] - stats["bare"]["cpu_p50_ms"], 3),
+        "median_of_pairwise_ms": round(statistics.median(pairs) / 1e6, 3),
+    }
+    return {"contenders": stats, "overhead": overhead, "statements": statements}
+
+
+def _set_quantity(order: Any, i: int, same: bool) -> None:
+    """The second line's quantity alternates (2, 3, 2, ...): a changed cart on every call.
+
+    Saved, and set on the prefetched line too, as a shop's cart page has it after the change.
+    """
+    from tests.shop.models import OrderLine
+
+    line = sorted(order.lines.all(), key=lambda line: line.pk)[1]  # prefetched: no query
+    line.quantity = CART[1][2] + (0 if same else i % 2)
+    OrderLine.objects.filter(pk=line.pk).update(quantity=line.quantity)
+
+
+def _summary(wall_ns: list[int], cpu_ns: list[int]) -> dict[str, Any]:
+    ordered, cpu_sorted = sorted(wall_ns), sorted(cpu_ns)
+    return {
+        "p50_ms": round(_pct(ordered, 0.5), 3),
+        "p95_ms": round(_pct(ordered, 0.95), 3),
+        "mean_ms": round(statistics.fmean(wall_ns) / 1e6, 3),
+        "cpu_p50_ms": round(_pct(cpu_sorted, 0.5), 3),
+        "calls": len(wall_ns),
+    }
+
+
+def _pct(sorted_ns: list[int], q: float) -> float:
+    """Nearest-rank percentile of sorted nanosecond samples, in ms."""
+    rank = max(1, math.ceil(q * len(sorted_ns)))
+    return sorted_ns[rank - 1] / 1e6
+
+
+if __name__ == "__main__":
+    sys.exit(main())
