@@ -39,9 +39,12 @@ format: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# The pipeline scripts need PostgreSQL and Redis on 127.0.0.1 (as `make test-integration` does).
 bench: $(VENV)/.installed
 	$(PY) bench/client_overhead.py
 	$(PY) bench/sandbox_throughput.py
+	$(PY) bench/evaluate_cart_overhead.py
+	$(PY) bench/pipeline_throughput.py
 
 sandbox: $(VENV)/.installed
 	$(PY) -m django_talonone.sandbox --port 8123 --campaigns django_talonone/sandbox/campaigns/demo.json
