@@ -82,7 +82,6 @@ def evaluate_cart(cart: Any, *, dry: bool = False, timeout: float | None = None)
             outbox.session_key(session_id),
             payload,
             client=client,
-            session_id=_local_session_pk(session_id),
             order=order,
             source="evaluate_cart",
             max_wait=wait,
@@ -161,19 +160,6 @@ def _local_session(session_id: str) -> CustomerSession | None:
     try:
         return CustomerSession.objects.filter(integration_id=session_id).first()
     except Exception:  # a broken database connection must not break the cart page either
-        logger.exception("evaluate_cart: could not read the mirrored session %s", session_id)
-        return None
-
-
-def _local_session_pk(session_id: str) -> int | None:
-    """The pk of the mirrored session (the push row links to it), without loading the row."""
-    try:
-        return (
-            CustomerSession.objects.filter(integration_id=session_id)
-            .values_list("pk", flat=True)
-            .first()
-        )
-    except Exception:
         logger.exception("evaluate_cart: could not read the mirrored session %s", session_id)
         return None
 
