@@ -752,6 +752,9 @@ def _normalise(item: Any, builder: _Builder) -> _Raw | None:
             wire = dict(item)
             coupon_code = None
         elif "effect_type" in item:
+            # An Effect row as a dict (``.values()``): history must not count twice either.
+            if item.get("is_current", True) is False:
+                return None
             wire = _wire_from_snake(item)
             coupon_code = item.get("coupon_code") or None
         else:
@@ -1125,7 +1128,7 @@ def _add_points(b: _Builder, raw: _Raw, p: _Props, common: dict[str, Any]) -> No
         LoyaltyPointsEarned(
             **common,
             program_id=p.integer("programId"),
-            subledger_id=p.string("subLedgerId", required=False) or "",
+            subledger_id=p.text("subLedgerId"),
             value=p.decimal("value"),
             name=p.text("name"),
             desired_value=p.decimal("desiredValue", required=False),
@@ -1152,7 +1155,7 @@ def _deduct_points(b: _Builder, raw: _Raw, p: _Props, common: dict[str, Any]) ->
         LoyaltyPointsSpent(
             **common,
             program_id=p.integer("programId"),
-            subledger_id=p.string("subLedgerId", required=False) or "",
+            subledger_id=p.text("subLedgerId"),
             value=p.decimal("value"),
             name=p.text("name"),
             rule_title=p.text("ruleTitle"),
@@ -1169,7 +1172,7 @@ def _tier(b: _Builder, raw: _Raw, p: _Props, common: dict[str, Any]) -> None:
         TierChange(
             **common,
             program_id=p.integer("programId"),
-            subledger_id=p.string("subLedgerId", required=False) or "",
+            subledger_id=p.text("subLedgerId"),
             new_tier=p.string("newTierName"),
             previous_tier=p.string("previousTierName", required=False),
             expiry_date=p.timestamp("expiryDate"),
@@ -1189,7 +1192,7 @@ def _expiry(b: _Builder, raw: _Raw, p: _Props, common: dict[str, Any]) -> None:
         LoyaltyExpiryChange(
             **common,
             program_id=p.integer("programId"),
-            subledger_id=p.string("subLedgerId", required=False) or "",
+            subledger_id=p.text("subLedgerId"),
             extension_duration=p.string("extensionDuration", required=extend),
             new_expiry_date=new_expiry,
             affected_transactions=[
@@ -1397,7 +1400,7 @@ def _rollback_added(b: _Builder, raw: _Raw, p: _Props, common: dict[str, Any]) -
         AddedLoyaltyPointsRollback(
             **common,
             program_id=p.integer("programId"),
-            subledger_id=p.string("subLedgerId", required=False) or "",
+            subledger_id=p.text("subLedgerId"),
             value=p.decimal("value"),
             recipient_integration_id=p.text("recipientIntegrationId"),
             transaction_uuid=p.text("transactionUUID"),
@@ -1415,7 +1418,7 @@ def _rollback_deducted(b: _Builder, raw: _Raw, p: _Props, common: dict[str, Any]
         DeductedLoyaltyPointsRollback(
             **common,
             program_id=p.integer("programId"),
-            subledger_id=p.string("subLedgerId", required=False) or "",
+            subledger_id=p.text("subLedgerId"),
             value=p.decimal("value"),
             recipient_integration_id=p.text("recipientIntegrationId"),
             transaction_uuid=p.text("transactionUUID"),
@@ -1490,7 +1493,8 @@ _FRACTION = re.compile(r"\.(\d+)")
 def _timestamp(value: Any, key: str) -> datetime:
     """An RFC 3339 timestamp; Python 3.10's fromisoformat needs help with "Z" and nanoseconds."""
     if isinstance(value, datetime):
-        return value
+        # Naive means UTC, as for a string without an offset: comparable with aware datetimes.
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
     if not isinstance(value, str):
         raise _Malformed(f"{key} is not a timestamp")
     text = value.strip()

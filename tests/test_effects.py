@@ -566,6 +566,15 @@ def test_loyalty_points_pending():
     assert r.points_earned() == D("37.5")
 
 
+def test_loyalty_points_with_a_naive_start_datetime_read_it_as_utc():
+    base = EXAMPLES["addLoyaltyPoints"]
+    later = datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(days=3)
+    row = {"effect_type": "addLoyaltyPoints", "props": {**base, "startDate": later}}
+    r = read_effects([row])
+    assert r.invalid == []
+    assert [p.pending for p in r.loyalty_points_earned] == [True]
+
+
 # --------------------------------------------------------------------------- kinds of input
 
 
@@ -592,6 +601,13 @@ def test_effect_rows_are_read_like_wire_dicts():
         77,
     )
     assert r.line_discounts == {0: D("2.5")}
+
+
+def test_effect_rows_as_dicts_skip_history_too():
+    current = {"effect_type": "setDiscount", "props": {"name": "x", "value": 1}, "is_current": True}
+    past = {**current, "is_current": False}
+    r = read_effects([current, past])
+    assert r.discount_total == D("1")
 
 
 def test_mirrored_effect_model_instances():

@@ -18,23 +18,6 @@ from . import ledger
 from .campaigns import Campaign, EffectSpec, Rule
 from .values import money, percent_of, points, prorate
 
-#: The rejection reasons the API documents for coupons (behaviour.md).
-COUPON_REASONS = (
-    "CampaignLimitReached",
-    "CouponExpired",
-    "CouponLimitReached",
-    "CouponNotFound",
-    "CouponPartOfNotRunningCampaign",
-    "CouponRecipientDoesNotMatch",
-    "CouponRejectedByCondition",
-    "CouponStartDateInFuture",
-    "EffectCouldNotBeApplied",
-    "ProfileLimitReached",
-    "CouponPartOfNotTriggeredCampaign",
-    "CouponReservationRequired",
-    "ProfileRequired",
-)
-
 
 @dataclass(slots=True)
 class Line:
