@@ -208,10 +208,14 @@ class IntegrationClient(OperationsMixin):
         except requests.exceptions.Timeout as exc:
             raise self._transport_error(errors.TimeoutError, op, method, path, exc, True) from exc
         except requests.exceptions.RequestException as exc:
-            sent = not _failed_before_sending(exc)
-            raise self._transport_error(
-                errors.ConnectionError, op, method, path, exc, sent
-            ) from exc
+            # requests' ValueError kinds (InvalidHeader, InvalidURL, MissingSchema, ...) refuse the
+            # request before it is sent: the same request can never succeed.
+            refused = isinstance(exc, ValueError)
+            sent = not refused and not _failed_before_sending(exc)
+            error = self._transport_error(errors.ConnectionError, op, method, path, exc, sent)
+            if refused:
+                error.retryable = False
+            raise error from exc
         status = resp.status_code
         if logger.isEnabledFor(logging.DEBUG):
             ms = (time.perf_counter() - started) * 1000

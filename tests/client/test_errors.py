@@ -251,6 +251,19 @@ def test_connection_refused_is_retryable_and_outcome_known(
     roundtrip(exc)
 
 
+def test_a_request_requests_refuses_to_build_is_permanent_and_never_sent(
+    rsps: Any, put_client: IntegrationClient
+) -> None:
+    # E.g. an Idempotency-Key made from a shop's return id with a newline in it.
+    client = put_client.with_headers({"Idempotency-Key": "RMA-1\r\nX-Evil: 1"})
+    with pytest.raises(ConnectionError) as info:
+        update_session(client)
+    exc = info.value
+    assert (exc.retryable, exc.outcome_unknown) == (False, False)
+    assert isinstance(exc.__cause__, requests.exceptions.InvalidHeader)
+    assert len(rsps.calls) == 0
+
+
 def test_connection_dropped_mid_request_on_a_write_is_outcome_unknown(
     rsps: Any, put_client: IntegrationClient
 ) -> None:
