@@ -283,6 +283,7 @@ def claim(key: str) -> tuple[Push, str, list[int]] | None:
             else:
                 run_rows = [head]
             survivor, earlier = run_rows[-1], run_rows[:-1]
+            folded = sum(1 + r.coalesced for r in earlier)
             if earlier:
                 survivor.payload = _merge_updates(run_rows)
             # Compare-and-set: only a pending row whose key has no earlier unfinished row and
@@ -294,7 +295,7 @@ def claim(key: str) -> tuple[Push, str, list[int]] | None:
                 run_rows,
                 token=token,
                 now=now,
-                coalesced=sum(1 + r.coalesced for r in earlier),
+                coalesced=folded,
             )
             if not won:
                 return None
@@ -318,8 +319,7 @@ def claim(key: str) -> tuple[Push, str, list[int]] | None:
     survivor.claimed_by = token
     survivor.claimed_at = now
     survivor.attempts += 1
-    if earlier:
-        survivor.coalesced += sum(1 + r.coalesced for r in earlier)
+    survivor.coalesced += folded
     return survivor, token, [r.pk for r in earlier]
 
 
