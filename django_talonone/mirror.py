@@ -45,6 +45,7 @@ from .models import (
     LoyaltyMembership,
     Push,
 )
+from .outbox import profile_key, session_key
 
 __all__ = [
     "DISCOUNT_EFFECTS",
@@ -228,8 +229,8 @@ def purge_profile(integration_id: str) -> None:
             effect.props = _scrub(effect.props, integration_id)
             effect.raw = _scrub(effect.raw, integration_id)
         Effect.objects.bulk_update(effects, ["props", "raw"], batch_size=500)
-        pushes = Q(key=f"profile:{integration_id}") | Q(session_id__in=session_pks)
-        pushes |= Q(key__in=[f"session:{sid}" for _, sid in sessions])
+        pushes = Q(key=profile_key(integration_id)) | Q(session_id__in=session_pks)
+        pushes |= Q(key__in=[session_key(sid) for _, sid in sessions])
         if profile is not None:
             pushes |= Q(profile=profile)
         Push.objects.filter(pushes, state__in=TERMINAL_PUSH_STATES).update(payload={})
@@ -489,10 +490,7 @@ def _replace_effects(
     """
     answered = [effect for effect in answered if isinstance(effect, Mapping)]
     if fresh:
-        codes = _accepted_codes(answered)
-        return Effect.objects.bulk_create(
-            [_effect_row(session, effect, codes, now) for effect in answered]
-        )
+        return Effect.objects.bulk_create(effect_rows(session, answered, now))
     current = list(session.effects.filter(is_current=True).order_by("id"))
     if [row.raw for row in current] == answered:
         # The same set again (a reconciling read, an unchanged cart): no churn, no extra history.
@@ -506,9 +504,15 @@ def _replace_effects(
         session.effects.filter(is_current=True).update(is_current=False)
     else:
         session.effects.filter(is_current=True).delete()
+    return Effect.objects.bulk_create(effect_rows(session, answered, now))
+
+
+def effect_rows(session: CustomerSession, answered: list[Any], now: Any) -> list[Effect]:
+    """Unsaved current :class:`Effect` rows of ``session`` for the effect dicts of an answer (in
+    their order), coupon codes filled in from the answer's acceptCoupon effects."""
+    answered = [effect for effect in answered if isinstance(effect, Mapping)]
     codes = _accepted_codes(answered)
-    rows = [_effect_row(session, effect, codes, now) for effect in answered]
-    return Effect.objects.bulk_create(rows)
+    return [_effect_row(session, effect, codes, now) for effect in answered]
 
 
 def _add_history(session: CustomerSession, answered: list[Any], now: Any) -> None:
@@ -525,8 +529,7 @@ def _add_history(session: CustomerSession, answered: list[Any], now: Any) -> Non
     )
     if all(effect in recorded for effect in answered):
         return
-    codes = _accepted_codes(answered)
-    rows = [_effect_row(session, effect, codes, now) for effect in answered]
+    rows = effect_rows(session, answered, now)
     for row in rows:
         row.is_current = False
     Effect.objects.bulk_create(rows)

@@ -1009,7 +1009,7 @@ def _mirror(
         return None, None
     if op == TRACK_EVENT and isinstance(answer, dict) and answer.get("customerProfile"):
         profile_id = (payload.get("body") or {}).get("profileId")
-        return None, mirror.mirror_profile_answer(profile_id, answer)
+        return None, mirror.mirror_profile_answer(profile_id, answer, savepoint=False)
     return None, None
 
 

@@ -29,6 +29,7 @@ from django.dispatch import receiver
 
 from . import outbox, signals
 from .adapters import get_adapter
+from .client.schema import response_content_values
 from .conf import settings
 from .outbox import make_link, make_payload, profile_key, session_key
 
@@ -47,14 +48,8 @@ __all__ = [
 logger = logging.getLogger("django_talonone.receivers")
 
 #: responseContent values each operation accepts (from Talon.One's OpenAPI files).
-RETURN_CONTENT = frozenset(
-    {"customerSession", "customerProfile", "coupons", "triggeredCampaigns", "referral",
-     "loyalty", "event", "previousReturns"}
-)  # fmt: skip
-PROFILE_CONTENT = frozenset(
-    {"customerProfile", "triggeredCampaigns", "loyalty", "event", "awardedGiveaways",
-     "ruleFailureReasons", "campaignEligibility"}
-)  # fmt: skip
+RETURN_CONTENT = response_content_values(outbox.RETURN_ITEMS)
+PROFILE_CONTENT = response_content_values(outbox.UPDATE_PROFILE)
 #: Talon.One keeps an Idempotency-Key of at most 255 characters.
 MAX_IDEMPOTENCY_KEY = 255
 

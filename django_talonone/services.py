@@ -21,9 +21,9 @@ from typing import Any
 
 from django.utils import timezone
 
-from . import outbox, ratelimit
+from . import outbox
 from .adapters import get_adapter
-from .client import IntegrationClient, RateLimitedError
+from .client import IntegrationClient
 from .conf import settings
 from .models import CustomerSession, Effect, Push
 
@@ -101,9 +101,10 @@ def evaluate_cart(cart: Any, *, dry: bool = False, timeout: float | None = None)
     if session is None:
         # Sent, but mirroring the answer failed (the row says why): show what Talon.One said.
         answer = attempt.answer if isinstance(attempt.answer, dict) else {}
+        local = _local_session(session_id)
         return Evaluation(
-            session=_local_session(session_id),
-            effects=preview_effects(session_id, answer.get("effects")),
+            session=local,
+            effects=preview_effects(session_id, answer.get("effects"), session=local),
             preview=True,
             push=attempt.push,
         )
@@ -114,16 +115,21 @@ def evaluate_cart(cart: Any, *, dry: bool = False, timeout: float | None = None)
     return Evaluation(session=session, effects=list(effects), push=attempt.push)
 
 
-def preview_effects(session_id: str, effects: Any) -> list[Effect]:
-    """Unsaved :class:`Effect` instances for the effect dicts of an answer (for dry runs)."""
-    # The mirror's own row builder, so a preview reads exactly like a mirrored evaluation.
-    from .mirror import _accepted_codes, _effect_row
+def preview_effects(
+    session_id: str, effects: Any, *, session: CustomerSession | None = None
+) -> list[Effect]:
+    """Unsaved :class:`Effect` instances for the effect dicts of an answer (for dry runs).
 
-    answered = [e for e in effects or [] if isinstance(e, dict)]
-    session = _local_session(session_id) or CustomerSession(integration_id=session_id)
-    codes = _accepted_codes(answered)
-    now = timezone.now()
-    return [_effect_row(session, effect, codes, now) for effect in answered]
+    ``session``: the mirrored session, when the caller has read it already.
+    """
+    # The mirror's own row builder, so a preview reads exactly like a mirrored evaluation.
+    from .mirror import effect_rows
+
+    if session is None:
+        session = _local_session(session_id)
+    if session is None:
+        session = CustomerSession(integration_id=session_id)
+    return effect_rows(session, list(effects or []), timezone.now())
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -134,18 +140,15 @@ def _preview(
 ) -> Evaluation:
     """A dry run of the cart: effects computed by Talon.One, stored nowhere."""
     try:
-        if not ratelimit.acquire(wait):
-            raise RateLimitedError(
-                "client-side rate limit (TALONONE['RATE_LIMIT']) reached",
-                operation="update_customer_session_v2",
-            )
+        outbox._take_token(outbox.UPDATE_SESSION, wait)
         answer = client.update_customer_session_v2(session_id, body, dry=True)
     except Exception as exc:
         logger.warning("evaluate_cart: dry run for %s failed: %s", session_id, exc)
         return _stale(session_id, exc)
+    local = _local_session(session_id)
     return Evaluation(
-        session=_local_session(session_id),
-        effects=preview_effects(session_id, (answer or {}).get("effects")),
+        session=local,
+        effects=preview_effects(session_id, (answer or {}).get("effects"), session=local),
         preview=True,
     )
 
@@ -175,6 +178,4 @@ def _current_effects(session: CustomerSession) -> list[Effect]:
 def _message(exc: BaseException | None) -> str:
     if exc is None:
         return "unknown error"
-    text = str(exc) or type(exc).__name__
-    key = str(settings.API_KEY or "").strip()
-    return text.replace(key, "***") if key and key in text else text
+    return outbox._redact(str(exc) or type(exc).__name__)
