@@ -309,6 +309,12 @@ class PushQuerySet(models.QuerySet["Push"]):
         """Pending rows whose next attempt time has come."""
         return self.filter(state=Push.State.PENDING, next_attempt_at__lte=now or timezone.now())
 
+    def update(self, **kwargs: Any) -> int:
+        """As ``QuerySet.update``, and ``updated_at`` moves too (``auto_now`` only acts on
+        ``save()``; the outbox changes rows with UPDATE statements)."""
+        kwargs.setdefault("updated_at", timezone.now())
+        return super().update(**kwargs)
+
 
 class Push(models.Model):
     """The outbox: one request to push to the Integration API, written in the shop's transaction.

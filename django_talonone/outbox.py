@@ -317,7 +317,7 @@ def claim(key: str) -> tuple[Push, str, list[int]] | None:
     # failed the claim), so only the columns set above changed.
     survivor.state = Push.State.IN_FLIGHT
     survivor.claimed_by = token
-    survivor.claimed_at = now
+    survivor.claimed_at = survivor.updated_at = now
     survivor.attempts += 1
     survivor.coalesced += folded
     return survivor, token, [r.pk for r in earlier]
@@ -622,7 +622,8 @@ def _compare_and_set(
     (the folded ``run_rows`` aside) is earlier or in flight; True when the row was won."""
     fields = {f: Push._meta.get_field(f) for f in ("claimed_at", "payload")}
     params: list[Any] = [Push.State.IN_FLIGHT, token]
-    params.append(fields["claimed_at"].get_db_prep_save(now, connection))
+    stamp = fields["claimed_at"].get_db_prep_save(now, connection)
+    params += [stamp, stamp]  # claimed_at, updated_at
     if coalesced:
         params += [fields["payload"].get_db_prep_save(survivor.payload, connection), coalesced]
     run_ids = [r.pk for r in run_rows]
@@ -645,7 +646,8 @@ def _statement(build: Callable[..., str], *args: Any) -> str:
 
 def _columns() -> dict[str, str]:
     qn = connection.ops.quote_name
-    names = ("id", "key", "state", "claimed_by", "claimed_at", "attempts", "payload", "coalesced")
+    names = ("id", "key", "state", "claimed_by", "claimed_at", "updated_at", "attempts")
+    names += ("payload", "coalesced")
     found = {name: qn(Push._meta.get_field(name).column) for name in names}
     found["table"] = qn(Push._meta.db_table)
     return found
@@ -674,6 +676,7 @@ def _head_sql(skip_locked: bool) -> str:
 def _cas_sql(coalescing: bool, run_len: int) -> str:
     c = _columns()
     sets = f"{c['state']} = %s, {c['claimed_by']} = %s, {c['claimed_at']} = %s"
+    sets += f", {c['updated_at']} = %s"
     sets += f", {c['attempts']} = {c['attempts']} + 1"
     if coalescing:
         sets += f", {c['payload']} = %s, {c['coalesced']} = {c['coalesced']} + %s"
@@ -849,6 +852,7 @@ def _finish(
     done: dict[str, Any] = {
         "state": Push.State.DONE,
         "done_at": now,
+        "updated_at": now,
         "outcome_unknown": False,
         "last_error": "",
         "error_class": "",

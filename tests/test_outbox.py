@@ -250,7 +250,9 @@ def test_claim_is_a_compare_and_set(talon):
     assert (push.state, push.attempts, push.claimed_by) == ("in_flight", 1, claimed[1])
 
 
-CLAIMED_FIELDS = ("state", "attempts", "claimed_by", "claimed_at", "payload", "coalesced")
+CLAIMED_FIELDS = (
+    "state", "attempts", "claimed_by", "claimed_at", "updated_at", "payload", "coalesced",
+)  # fmt: skip
 
 
 def test_a_claimed_row_is_what_the_database_holds(talon):
@@ -269,6 +271,19 @@ def test_a_claimed_row_is_what_the_database_holds(talon):
     done = (*CLAIMED_FIELDS, "done_at", "outcome_unknown", "last_error", "session_id")
     assert attempt.outcome == "done"
     assert [getattr(attempt.push, f) for f in done] == [getattr(stored, f) for f in done]
+
+
+def test_updated_at_moves_with_every_change_of_state(talon):
+    push = Push.objects.create(
+        key=KEY, operation=UPDATE_SESSION, payload=make_payload(SID, body=cart_body("A"))
+    )
+    written = push.updated_at
+    claimed, token, _ = outbox.claim(KEY)
+    claimed_at = Push.objects.get(pk=push.pk).updated_at
+    assert claimed_at == claimed.claimed_at > written
+    outbox.run(claimed, token, client=outbox.get_client())
+    done = Push.objects.get(pk=push.pk)
+    assert done.updated_at == done.done_at > claimed_at
 
 
 def test_a_cart_update_costs_a_bounded_number_of_queries(talon, django_assert_num_queries):
