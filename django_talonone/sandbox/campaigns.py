@@ -548,29 +548,25 @@ def _parse_referral(item: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _check_unique_codes(cfg: Config) -> None:
+    """A coupon or referral code names one coupon or referral in the whole file."""
     coupons: dict[str, int] = {}
     referrals: dict[str, int] = {}
     for campaign in cfg.campaigns:
         for coupon in campaign.coupons:
-            other = coupons.setdefault(coupon["value"], campaign.id)
-            if (
-                other != campaign.id
-                or sum(c["value"] == coupon["value"] for c in campaign.coupons) > 1
-            ):
-                raise ValueError(
-                    f"coupon code {coupon['value']!r} is defined twice "
-                    f"(campaigns {other} and {campaign.id})"
-                )
+            _claim_code(coupons, "coupon", coupon["value"], campaign.id)
         for referral in campaign.referrals:
-            other = referrals.setdefault(referral["code"], campaign.id)
-            if (
-                other != campaign.id
-                or sum(r["code"] == referral["code"] for r in campaign.referrals) > 1
-            ):
-                raise ValueError(
-                    f"referral code {referral['code']!r} is defined twice "
-                    f"(campaigns {other} and {campaign.id})"
-                )
+            _claim_code(referrals, "referral", referral["code"], campaign.id)
+
+
+def _claim_code(seen: dict[str, int], kind: str, code: str, campaign_id: int) -> None:
+    """Note that ``code`` belongs to ``campaign_id``; a second definition, in the same campaign or
+    another, is an error."""
+    other = seen.get(code)
+    if other is not None:
+        raise ValueError(
+            f"{kind} code {code!r} is defined twice (campaigns {other} and {campaign_id})"
+        )
+    seen[code] = campaign_id
 
 
 # -- rules ---------------------------------------------------------------------------------

@@ -357,9 +357,12 @@ def _first_failed_condition(
 
 def _cannot_apply(ctx: Context, out: Outcome, rule: Rule) -> tuple[int, str] | None:
     """Effects that need what is missing make the whole rule fail (nothing half-applied)."""
-    deducted: dict[int, int] = {}
+    # Points already taken by earlier rules, per (program, subledger): the balances are per
+    # subledger, so a deduction from one never makes another subledger short.
+    deducted: dict[tuple[int, str], int] = {}
     for grant in out.deductions:
-        deducted[grant.program_id] = deducted.get(grant.program_id, 0) + grant.amount
+        taken = (grant.program_id, grant.subledger)
+        deducted[taken] = deducted.get(taken, 0) + grant.amount
     for index, spec in enumerate(rule.effects):
         p = spec.params
         if spec.type in ("addLoyaltyPoints", "deductLoyaltyPoints"):
@@ -370,10 +373,11 @@ def _cannot_apply(ctx: Context, out: Outcome, rule: Rule) -> tuple[int, str] | N
             elif not ctx.profile_id:
                 return index, "a customer profile is required"
             if spec.type == "deductLoyaltyPoints":
-                have = ctx.active_points(program.id, p["subledgerId"]) - deducted.get(program.id, 0)
+                taken = (program.id, p["subledgerId"])
+                have = ctx.active_points(*taken) - deducted.get(taken, 0)
                 if have < p["points"]:
                     return index, "not enough loyalty points"
-                deducted[program.id] = deducted.get(program.id, 0) + p["points"]
+                deducted[taken] = deducted.get(taken, 0) + p["points"]
         elif (
             spec.type in ("addToAudience", "removeFromAudience", "awardGiveaway", "createCoupon")
             and not ctx.profile_id

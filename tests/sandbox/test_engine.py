@@ -273,6 +273,42 @@ def test_campaign_budget_reservation_and_effect_reasons() -> None:
     assert one(answer, "rejectCoupon")["props"]["value"] == "RES"
 
 
+def test_deductions_from_different_subledgers_do_not_add_up() -> None:
+    """200 points in the main ledger and 100 in "bonus": taking 100 from "bonus" leaves the main
+    ledger's 200 for the next rule."""
+    spend = {
+        "id": 1,
+        "name": "Spend from both ledgers",
+        "rules": [
+            {
+                "title": "bonus points",
+                "conditions": [],
+                "effects": [
+                    {"type": "deductLoyaltyPoints", "programId": 1, "subledgerId": "bonus",
+                     "points": 100},
+                ],
+            },
+            {
+                "title": "main points",
+                "conditions": [],
+                "effects": [{"type": "deductLoyaltyPoints", "programId": 1, "points": 200}],
+            },
+        ],
+    }  # fmt: skip
+    raw_profiles = copy.deepcopy(DEMO["profiles"])
+    raw_profiles[0]["loyalty"] = [
+        {"programId": 1, "points": 200},
+        {"programId": 1, "subledgerId": "bonus", "points": 100},
+    ]
+    dom = with_campaigns(spend, profiles=raw_profiles)
+    answer = dom.session("s1")[1]
+    deducted = sorted(
+        (e["props"]["subLedgerId"], e["props"]["value"])
+        for e in effects_of(answer, "deductLoyaltyPoints")
+    )
+    assert deducted == [("", 200), ("bonus", 100)]
+
+
 def test_dry_run_evaluable_campaigns(dom: Domain) -> None:
     answer = dom.ok(
         "update_customer_session_v2",
@@ -502,6 +538,10 @@ def test_profile_updates_run_rules_only_when_asked() -> None:
             "unknown condition 'cartTotal'",
         ),
         (lambda d: d["campaigns"][1]["coupons"].append({"value": "SUMMER2020"}), "defined twice"),
+        (
+            lambda d: d["campaigns"][1]["coupons"].extend([{"value": "X1"}, {"value": "X1"}]),
+            "coupon code 'X1' is defined twice",
+        ),
         (
             lambda d: d["campaigns"][2]["rules"][0]["effects"][0].update(programId=9),
             "no loyalty program with id 9",
