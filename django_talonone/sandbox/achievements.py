@@ -12,6 +12,7 @@ from typing import Any
 
 from .campaigns import Achievement
 from .params import now_of, q_int, q_list, q_time
+from .state import find_profile
 from .values import fmt_time, money
 from .wire import ApiError, Call
 
@@ -244,9 +245,7 @@ def _progress_view(profile: dict[str, Any], ach: Achievement) -> dict[str, Any]:
 
 def _profile(state: Any, call: Call) -> dict[str, Any]:
     integration_id = call.path["integrationId"]
-    profile = state.data["profiles"].get(integration_id)
-    if profile is None:
-        raise ApiError.not_found(f"customer profile {integration_id!r}")
+    profile = find_profile(state, integration_id)
     return profile
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from . import ledger
 from .campaigns import Program
 from .params import now_of, q_bool, q_int, q_list, q_str, q_time
-from .state import new_card
+from .state import find_profile, new_card
 from .values import fmt_time, points
 from .views import card_view, tier_of
 from .wire import ApiError, Call
@@ -24,8 +24,7 @@ def get_loyalty_balances(state: Any, call: Call) -> tuple[int, Any]:
     """GetLoyaltyBalances: active, pending, spent, expired and negative points (and tiers)."""
     program = _program(state, call, card_based=False)
     integration_id = call.path["integrationId"]
-    if integration_id not in state.data["profiles"]:
-        raise ApiError.not_found(f"customer profile {integration_id!r}")
+    find_profile(state, integration_id)
     at = _at(call, "endDate")
     sub = q_str(call, "subledgerId")
     _check_subledgers(program, [sub] if sub else [])
@@ -65,8 +64,7 @@ def get_loyalty_program_profile_transactions(state: Any, call: Call) -> tuple[in
     """GetLoyaltyProgramProfileTransactions: a profile's ledger transactions, newest first."""
     program = _program(state, call, card_based=False)
     integration_id = call.path["integrationId"]
-    if integration_id not in state.data["profiles"]:
-        raise ApiError.not_found(f"customer profile {integration_id!r}")
+    find_profile(state, integration_id)
     book = state.program_data(program.id)["profiles"].get(integration_id)
     sub = q_str(call, "subledgerId")
     rows = _transactions(call, program, book, [sub] if sub else None, card=None)
@@ -84,8 +82,7 @@ def get_loyalty_program_profile_points(state: Any, call: Call) -> tuple[int, Any
     """GetLoyaltyProgramProfilePoints: a profile's unused points by status (active by default)."""
     program = _program(state, call, card_based=False)
     integration_id = call.path["integrationId"]
-    if integration_id not in state.data["profiles"]:
-        raise ApiError.not_found(f"customer profile {integration_id!r}")
+    find_profile(state, integration_id)
     book = state.program_data(program.id)["profiles"].get(integration_id)
     return 200, _page(call, _points(state, call, program, book, card=None), default_size=50)
 
@@ -139,8 +136,7 @@ def delete_loyalty_transactions_from_ledgers(state: Any, call: Call) -> tuple[in
     """DeleteLoyaltyTransactionsFromLedgers: forget a profile's transactions in (sub)ledgers."""
     program = _program(state, call, card_based=False)
     integration_id = call.path["integrationId"]
-    if integration_id not in state.data["profiles"]:
-        raise ApiError.not_found(f"customer profile {integration_id!r}")
+    find_profile(state, integration_id)
     body = call.body if isinstance(call.body, dict) else {}
     scope = body.get("scope")
     if scope not in ("AllSubledgers", "SelectedSubledgers"):
@@ -210,8 +206,7 @@ def link_loyalty_card_to_profile(state: Any, call: Call) -> tuple[int, Any]:
     """LinkLoyaltyCardToProfile: register a profile on a card (up to the program's limit)."""
     program, card = _card(state, call)
     integration_id = _registration(call)
-    if integration_id not in state.data["profiles"]:
-        raise ApiError.not_found(f"customer profile {integration_id!r}")
+    find_profile(state, integration_id)
     now_s = fmt_time(now_of(call))
     if not any(p["integrationId"] == integration_id for p in card["profiles"]):
         if len(card["profiles"]) >= program.users_per_card_limit:
@@ -229,8 +224,7 @@ def unlink_loyalty_card_from_profile(state: Any, call: Call) -> tuple[int, Any]:
     """UnlinkLoyaltyCardFromProfile: remove a profile from a card."""
     program, card = _card(state, call)
     integration_id = _registration(call)
-    if integration_id not in state.data["profiles"]:
-        raise ApiError.not_found(f"customer profile {integration_id!r}")
+    find_profile(state, integration_id)
     kept = [p for p in card["profiles"] if p["integrationId"] != integration_id]
     if len(kept) == len(card["profiles"]):
         raise ApiError.bad_field(

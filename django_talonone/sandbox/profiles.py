@@ -10,7 +10,7 @@ from typing import Any
 from . import achievements, rewards
 from .engine import Context, Outcome, evaluate
 from .params import now_of, q_bool, q_silent, response_content
-from .state import join_audience, leave_audience, new_profile
+from .state import find_profile, join_audience, leave_audience, new_profile
 from .values import clone, fmt_time
 from .views import (
     PROFILE_PARTS,
@@ -152,8 +152,7 @@ def update_customer_profile_audiences(state: Any, call: Call) -> tuple[int, Any]
             raise ApiError.bad_field(f"{where}/action", 'action must be "add" or "delete"')
         if str(item.get("audienceId")) not in state.data["audiences"]:
             raise ApiError.not_found(f"audience {item.get('audienceId')}")
-        if item.get("profileIntegrationId") not in state.data["profiles"]:
-            raise ApiError.not_found(f"customer profile {item.get('profileIntegrationId')!r}")
+        find_profile(state, item.get("profileIntegrationId"))
     now_s = fmt_time(now_of(call))
     for item in items:
         profile = state.data["profiles"][item["profileIntegrationId"]]
@@ -168,9 +167,7 @@ def update_customer_profile_audiences(state: Any, call: Call) -> tuple[int, Any]
 def delete_customer_data(state: Any, call: Call) -> tuple[int, Any]:
     """DeleteCustomerData: remove a profile's personal data: its attributes and its sessions."""
     integration_id = call.path["integrationId"]
-    profile = state.data["profiles"].get(integration_id)
-    if profile is None:
-        raise ApiError.not_found(f"customer profile {integration_id!r}")
+    profile = find_profile(state, integration_id)
     profile["attributes"] = {}
     for sid in profile["sessions"]:
         session = state.data["sessions"].pop(sid, None)
@@ -187,9 +184,7 @@ def get_customer_inventory(state: Any, call: Call) -> tuple[int, Any]:
     """GetCustomerInventory: the profile, referral codes, coupons, loyalty, giveaways and
     achievements, each when its query flag is true."""
     integration_id = call.path["integrationId"]
-    profile = state.data["profiles"].get(integration_id)
-    if profile is None:
-        raise ApiError.not_found(f"customer profile {integration_id!r}")
+    profile = find_profile(state, integration_id)
     now_s = fmt_time(now_of(call))
     answer: dict[str, Any] = {}
     if q_bool(call, "profile"):

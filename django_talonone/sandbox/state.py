@@ -16,6 +16,7 @@ from typing import Any
 from . import ledger
 from .campaigns import Config, parse_campaigns
 from .values import clone, fmt_time, to_cents
+from .wire import ApiError
 
 #: The ``format`` tag of a snapshot; restore() refuses anything else.
 SNAPSHOT_FORMAT = "django-talonone-sandbox-state/1"
@@ -319,6 +320,14 @@ class State:
         counters = self.data["counters"]
         if counters.get(kind, 0) < used:
             counters[kind] = used
+
+
+def find_profile(state: State, integration_id: Any) -> dict[str, Any]:
+    """The stored customer profile with this integration id, or the API's 404."""
+    profile = state.data["profiles"].get(integration_id)
+    if profile is None:
+        raise ApiError.not_found(f"customer profile {integration_id!r}")
+    return profile
 
 
 def new_profile(profile_id: int, integration_id: str, now: str) -> dict[str, Any]:
