@@ -13,8 +13,7 @@ from . import achievements, rewards
 from .engine import Context, evaluate
 from .params import now_of, q_bool, q_silent, response_content
 from .profiles import state_answer
-from .state import new_profile
-from .values import clone, fmt_time
+from .values import fmt_time
 from .views import EVENT_PARTS, event_view, loyalty_view, profile_view, session_view
 from .wire import ApiError, Call
 
@@ -113,16 +112,9 @@ def _run(
 ) -> tuple[Any, dict[str, list[Any]], dict[str, Any] | None, int, str]:
     now = now_of(call)
     now_s = fmt_time(now)
-    profile = state.data["profiles"].get(profile_id) if profile_id else None
+    profile = None
     if profile_id:
-        if dry:
-            profile = (
-                clone(profile)
-                if profile is not None
-                else new_profile(state.peek_id("profile"), profile_id, now_s)
-            )
-        elif profile is None:
-            profile = state.ensure_profile(profile_id, now_s)
+        profile = state.working_profile(profile_id, now_s, dry=dry)
         profile["lastActivity"] = now_s
     ctx = Context(
         state,

@@ -10,7 +10,7 @@ from typing import Any
 from . import achievements, rewards
 from .engine import Context, Outcome, evaluate
 from .params import now_of, q_bool, q_silent, response_content
-from .state import find_profile, join_audience, leave_audience, new_profile
+from .state import find_profile, join_audience, leave_audience
 from .values import clone, fmt_time
 from .views import (
     PROFILE_PARTS,
@@ -46,15 +46,7 @@ def update_customer_profile_v2(state: Any, call: Call) -> tuple[int, Any]:
     adds, deletes = _audience_changes(state, body.get("audiencesChanges"))
     now = now_of(call)
     now_s = fmt_time(now)
-    profile = state.data["profiles"].get(integration_id)
-    if dry:
-        profile = (
-            clone(profile)
-            if profile is not None
-            else new_profile(state.peek_id("profile"), integration_id, now_s)
-        )
-    elif profile is None:
-        profile = state.ensure_profile(integration_id, now_s)
+    profile = state.working_profile(integration_id, now_s, dry=dry)
     if attributes:
         profile["attributes"].update(clone(attributes))
     for aid in adds:

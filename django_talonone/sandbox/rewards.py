@@ -78,15 +78,7 @@ def book_grant(
     """Book the points of an ``addLoyaltyPoints`` effect as a (closed) addition."""
     program = state.config.programs[grant.program_id]
     book = ledger_of(state, grant.program_id, grant.card, grant.profile, now_s)
-    start = now_s
-    if program.activation == "days":
-        at = _at(now_s) + datetime.timedelta(days=program.activation_days)
-        start = fmt_time(at)
-        grant.props["startDate"] = start
-    expiry = None
-    if program.expire_after_days:
-        expiry = fmt_time(_at(start) + datetime.timedelta(days=program.expire_after_days))
-        grant.props["expiryDate"] = expiry
+    start, expiry = _schedule(program, now_s, grant)
     return ledger.add_transaction(
         book,
         tx_id=state.next_id("ledgerEntry"),
@@ -117,17 +109,25 @@ def commit_open_grant(state: Any, grant: Grant, now_s: str) -> None:
     program = state.config.programs[grant.program_id]
     tx["open"] = False
     tx["created"] = now_s
-    tx["startDate"] = now_s
     if program.activation == "action":
         tx["awaitsActivation"] = True
-    elif program.activation == "days":
-        tx["startDate"] = fmt_time(_at(now_s) + datetime.timedelta(days=program.activation_days))
-        grant.props["startDate"] = tx["startDate"]
+    tx["startDate"], expiry = _schedule(program, now_s, grant)
+    if expiry is not None:
+        tx["expiryDate"] = expiry
+
+
+def _schedule(program: Any, now_s: str, grant: Grant) -> tuple[str, str | None]:
+    """When points booked at ``now_s`` become active and when they expire, by the program's
+    rules; the dates that differ from the defaults are also written into the effect's props."""
+    start = now_s
+    if program.activation == "days":
+        start = fmt_time(_at(now_s) + datetime.timedelta(days=program.activation_days))
+        grant.props["startDate"] = start
+    expiry = None
     if program.expire_after_days:
-        tx["expiryDate"] = fmt_time(
-            _at(tx["startDate"]) + datetime.timedelta(days=program.expire_after_days)
-        )
-        grant.props["expiryDate"] = tx["expiryDate"]
+        expiry = fmt_time(_at(start) + datetime.timedelta(days=program.expire_after_days))
+        grant.props["expiryDate"] = expiry
+    return start, expiry
 
 
 def book_deduction(state: Any, grant: Grant, now_s: str, session: str | None) -> None:

@@ -107,6 +107,16 @@ class State:
         """A fresh transaction UUID."""
         return str(uuid.uuid4())
 
+    def working_profile(self, integration_id: str, now: str, *, dry: bool) -> dict[str, Any]:
+        """The profile a request works on: the stored one (created when missing), or for a dry
+        run a copy of it (or a new one with the id it would get) that is never stored."""
+        if not dry:
+            return self.ensure_profile(integration_id, now)
+        profile = self.data["profiles"].get(integration_id)
+        if profile is not None:
+            return clone(profile)
+        return new_profile(self.peek_id("profile"), integration_id, now)
+
     def ensure_profile(self, integration_id: str, now: str) -> dict[str, Any]:
         """The profile with this integration id, created empty when it does not exist."""
         profile = self.data["profiles"].get(integration_id)
