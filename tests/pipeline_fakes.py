@@ -22,7 +22,8 @@ import pytest
 import requests
 import responses
 
-from django_talonone import outbox
+from django_talonone import outbox, signals
+from django_talonone.models import Push
 
 __all__ = ["APPLY_THEN_TIMEOUT", "FakeTalon", "Request", "make_order", "pipeline", "talon"]
 
@@ -300,6 +301,19 @@ def talon(pipeline: Any) -> Iterator[FakeTalon]:
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         yield FakeTalon(rsps)
     outbox._reset_clients(setting="TALONONE")
+
+
+@pytest.fixture
+def failed_pushes() -> Iterator[list[Push]]:
+    """The pushes push_failed was sent for."""
+    seen: list[Push] = []
+
+    def record(sender: Any, push: Push, **kwargs: Any) -> None:
+        seen.append(push)
+
+    signals.push_failed.connect(record, weak=False)
+    yield seen
+    signals.push_failed.disconnect(record)
 
 
 def make_order(*, lines: int = 1, customer: Any = None, **fields: Any) -> Any:

@@ -14,10 +14,16 @@ import requests
 from django.db import transaction
 from django.utils import timezone
 
-from django_talonone import outbox, signals
+from django_talonone import outbox
 from django_talonone.models import CustomerSession, LoyaltyBalance, Push
 from django_talonone.outbox import UPDATE_SESSION, make_payload, session_key
-from tests.pipeline_fakes import APPLY_THEN_TIMEOUT, make_order, pipeline, talon  # noqa: F401
+from tests.pipeline_fakes import (  # noqa: F401
+    APPLY_THEN_TIMEOUT,
+    failed_pushes,
+    make_order,
+    pipeline,
+    talon,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -46,19 +52,6 @@ def make_due() -> None:
     Push.objects.filter(state="pending").update(
         next_attempt_at=timezone.now() - datetime.timedelta(seconds=1)
     )
-
-
-@pytest.fixture
-def failed_pushes() -> list[Push]:
-    """The pushes push_failed was sent for."""
-    seen: list[Push] = []
-
-    def record(sender: Any, push: Push, **kwargs: Any) -> None:
-        seen.append(push)
-
-    signals.push_failed.connect(record, weak=False)
-    yield seen
-    signals.push_failed.disconnect(record)
 
 
 # --- enqueue and dispatch on commit ------------------------------------------------------------

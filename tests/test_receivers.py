@@ -14,7 +14,7 @@ from django_talonone import signals
 from django_talonone.adapters import ShopAdapter
 from django_talonone.conf import DEFAULTS
 from django_talonone.models import CustomerProfile, CustomerSession, Push
-from tests.pipeline_fakes import make_order, pipeline, talon  # noqa: F401
+from tests.pipeline_fakes import failed_pushes, make_order, pipeline, talon  # noqa: F401
 from tests.shop.models import Order
 
 pytestmark = pytest.mark.django_db
@@ -35,18 +35,6 @@ def send(django_capture_on_commit_callbacks):
             return getattr(signals, signal_name).send(sender=Order, **kwargs)
 
     return send
-
-
-@pytest.fixture
-def failed_pushes() -> list[Push]:
-    seen: list[Push] = []
-
-    def record(sender: Any, push: Push, **kwargs: Any) -> None:
-        seen.append(push)
-
-    signals.push_failed.connect(record, weak=False)
-    yield seen
-    signals.push_failed.disconnect(record)
 
 
 @pytest.fixture

@@ -17,9 +17,6 @@ from typing import Any
 from django_talonone.client.schema import EFFECT_PROPS, MODELS
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-# On the wire the custom effect's type is "customEffect" (the OpenAPI files' effect list); older
-# generated tables named it after the Python SDK ("custom").
-_EFFECT_PROPS = {"customEffect": "CustomEffectProps", **EFFECT_PROPS}
 
 
 def check(value: Any, type_name: str, path: str = "$") -> list[str]:
@@ -31,7 +28,7 @@ def check(value: Any, type_name: str, path: str = "$") -> list[str]:
 
 def check_effect_types(effects: list[dict[str, Any]]) -> list[str]:
     """Effect types the reference does not know (the checker skips their props)."""
-    return [e["effectType"] for e in effects if e.get("effectType") not in _EFFECT_PROPS]
+    return [e["effectType"] for e in effects if e.get("effectType") not in EFFECT_PROPS]
 
 
 def _check(value: Any, type_name: str, path: str, problems: list[str]) -> None:
@@ -74,7 +71,7 @@ def _check(value: Any, type_name: str, path: str, problems: list[str]) -> None:
             continue
         _check(value[field], field_type, f"{path}.{field}", problems)
     if type_name == "Effect" and "props" in value:
-        props_model = _EFFECT_PROPS.get(value.get("effectType"))
+        props_model = EFFECT_PROPS.get(value.get("effectType"))
         if props_model is not None:
             _check(value["props"], props_model, f"{path}.props", problems)
 
