@@ -348,10 +348,8 @@ SESSION_RESPONSE_CONTENT = tuple(sorted(response_content_values("update_customer
 @checks.register("talonone")
 def check_pipeline(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Validate the push pipeline keys: dispatch, retries, rate limit and timeouts."""
-    from django.conf import settings as django_settings
-
-    raw = getattr(django_settings, "TALONONE", None)
-    if not isinstance(raw, dict):
+    raw = _talonone_dict()
+    if raw is None:
         return []  # E001 / E002 say so
 
     def get(name: str) -> Any:

@@ -221,7 +221,7 @@ class IntegrationClient(OperationsMixin):
             ms = (time.perf_counter() - started) * 1000
             logger.debug("%s %s %s -> %s in %.1f ms", name, method, path, status, ms)
         content = resp.content
-        if status in op["success"] or 200 <= status < 300:
+        if 200 <= status < 300:
             if status == 204 or not content:
                 if op["response"] is None or status == 204:
                     return None
