@@ -402,10 +402,15 @@ def send_now(
         .exists()
     )
     if busy:
-        Push.objects.filter(pk=push.pk, claimed_by=token).update(
-            state=Push.State.PENDING, claimed_by="", claimed_at=None, attempts=0
+        _update_claimed(
+            push,
+            token,
+            state=Push.State.PENDING,
+            claimed_by="",
+            claimed_at=None,
+            attempts=0,
+            updated_at=timezone.now(),
         )
-        push.refresh_from_db()
         if settings.DISPATCH == "celery":
             schedule(key)
         return Attempt(push, "queued")
@@ -867,7 +872,7 @@ def _finish(
                 done["session"] = attempt.session
             if attempt.profile is not None:
                 done["profile"] = attempt.profile
-            updated = Push.objects.filter(pk=push.pk, claimed_by=token).update(**done)
+            updated = _update_claimed(push, token, **done)
     except Exception as exc:
         logger.exception(
             "push #%s (%s %s) was sent but mirroring the answer failed",
@@ -882,17 +887,12 @@ def _finish(
             last_error=f"sent; mirroring the answer failed: {_describe(exc)}"[:4000],
             error_class=type(exc).__name__[:100],
         )
-        updated = Push.objects.filter(pk=push.pk, claimed_by=token).update(**done)
-    if updated:
-        # What the UPDATE wrote, without reading the row back.
-        for name, value in done.items():
-            setattr(push, name, value)
-    else:
+        updated = _update_claimed(push, token, **done)
+    if not updated:
         # The sweep took the row back meanwhile (this worker was too slow); the next sender
         # reconciles it. Nothing more to do here.
         logger.warning("push #%s finished after it was reclaimed", push.pk)
         attempt.outcome = "lost"
-        _refresh(push)
     if _changes_points(push):
         _fetch_loyalty(push, answer, client)
     return attempt
@@ -920,8 +920,8 @@ def _fail(push: Push, token: str, exc: BaseException) -> Attempt:
     else:
         outcome = "dead" if retryable else "failed"
         fields.update(state=outcome, done_at=now)
-    updated = Push.objects.filter(pk=push.pk, claimed_by=token).update(**fields)
-    _refresh(push)
+    fields["updated_at"] = now
+    updated = _update_claimed(push, token, **fields)
     log = logger.warning if outcome == "retry" else logger.error
     log(
         "push #%s (%s %s) attempt %s: %s -> %s%s",
@@ -1106,6 +1106,18 @@ def _describe(exc: BaseException) -> str:
 def _redact(text: str) -> str:
     key = str(settings.API_KEY or "").strip()
     return text.replace(key, "***") if key and key in text else text
+
+
+def _update_claimed(push: Push, token: str, **fields: Any) -> int:
+    """UPDATE the row while ``token`` still holds it; then the instance says what the row holds
+    (set from ``fields``, or read back when the row was taken back meanwhile)."""
+    updated = Push.objects.filter(pk=push.pk, claimed_by=token).update(**fields)
+    if updated:
+        for name, value in fields.items():
+            setattr(push, name, value)
+    else:
+        _refresh(push)
+    return updated
 
 
 def _refresh(push: Push) -> None:
