@@ -110,9 +110,7 @@ class AcceptedCoupon(_Record):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RejectedCoupon(_Record):
-    """A coupon code the session rejected, with the reason and words a customer understands."""
-
+class _Rejection(_Record):
     code: str
     reason: str
     message: str
@@ -120,6 +118,11 @@ class RejectedCoupon(_Record):
     campaign_exclusion_reason: str | None = None
     condition_index: int | None = None
     effect_index: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RejectedCoupon(_Rejection):
+    """A coupon code the session rejected, with the reason and words a customer understands."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,16 +133,8 @@ class AcceptedReferral(_Record):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RejectedReferral(_Record):
+class RejectedReferral(_Rejection):
     """A referral code the session rejected, with the reason and words a customer understands."""
-
-    code: str
-    reason: str
-    message: str
-    details: str | None = None
-    campaign_exclusion_reason: str | None = None
-    condition_index: int | None = None
-    effect_index: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -1010,72 +1005,43 @@ def _parses(*effect_types: str) -> Callable[[_Parser], _Parser]:
     return register
 
 
-@_parses("setDiscount")
-def _set_discount(b: _Builder, raw: _Raw, p: _Props, common: dict[str, Any]) -> None:
-    talon_scope = p.string("scope", required=False)
+#: Discount effect type → (its scope, its scope when Talon.One's ``scope`` prop says
+#: "additionalCosts" (None: a cost discount, which names its additional cost instead), whether
+#: it targets one cart item by position).
+_DISCOUNTS: dict[str, tuple[DiscountScope, DiscountScope | None, bool]] = {
     # With cascading discounts a session-wide discount may target the additional costs only.
-    scope: DiscountScope = "additional_cost" if talon_scope == "additionalCosts" else "cart"
-    b.append("discounts", _discount(b, raw, p, common, scope, talon_scope))
-
-
-@_parses("setDiscountPerItem")
-def _set_discount_per_item(b: _Builder, raw: _Raw, p: _Props, common: dict[str, Any]) -> None:
-    talon_scope = p.string("scope", required=False)
+    "setDiscount": ("cart", "additional_cost", False),
     # scope "additionalCosts" discounts the item's additional costs, not its price.
-    scope: DiscountScope = "additional_cost_item" if talon_scope == "additionalCosts" else "item"
-    b.append(
-        "discounts",
-        _discount(b, raw, p, common, scope, talon_scope, position=p.position("position", True)),
-    )
+    "setDiscountPerItem": ("item", "additional_cost_item", True),
+    "setDiscountPerAdditionalCost": ("additional_cost", None, False),
+    "setDiscountPerAdditionalCostPerItem": ("additional_cost_item", None, True),
+}
 
 
-@_parses("setDiscountPerAdditionalCost")
-def _set_discount_per_cost(b: _Builder, raw: _Raw, p: _Props, common: dict[str, Any]) -> None:
-    b.append("discounts", _discount(b, raw, p, common, "additional_cost", None, cost=True))
-
-
-@_parses("setDiscountPerAdditionalCostPerItem")
-def _set_discount_per_item_cost(b: _Builder, raw: _Raw, p: _Props, common: dict[str, Any]) -> None:
-    b.append(
-        "discounts",
-        _discount(
-            b,
-            raw,
-            p,
-            common,
-            "additional_cost_item",
-            None,
-            cost=True,
-            position=p.position("position", True),
-        ),
-    )
-
-
-def _discount(
-    b: _Builder,
-    raw: _Raw,
-    p: _Props,
-    common: dict[str, Any],
-    scope: DiscountScope,
-    talon_scope: str | None,
-    *,
-    cost: bool = False,
-    position: int | None = None,
-) -> Discount:
-    return Discount(
+@_parses(*_DISCOUNTS)
+def _set_discount(b: _Builder, raw: _Raw, p: _Props, common: dict[str, Any]) -> None:
+    scope, costs_scope, per_item = _DISCOUNTS[raw.effect_type]
+    talon_scope = None
+    if costs_scope is not None:
+        talon_scope = p.string("scope", required=False)
+        if talon_scope == "additionalCosts":
+            scope = costs_scope
+    position = p.position("position", True) if per_item else None
+    discount = Discount(
         **common,
         name=p.text("name"),
         value=p.money("value"),
         scope=scope,
         position=position,
         sub_position=p.position("subPosition"),
-        additional_cost=p.string("additionalCost", required=cost),
+        additional_cost=p.string("additionalCost", required=costs_scope is None),
         additional_cost_id=p.integer("additionalCostId", required=False),
         desired_value=p.decimal("desiredValue", required=False),
         talon_scope=talon_scope,
         coupon_code=b.coupon_code_for(raw),
         triggered_by_coupon=raw.triggered_by_coupon,
     )
+    b.append("discounts", discount)
 
 
 @_parses("acceptCoupon")
