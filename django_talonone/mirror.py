@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
@@ -273,24 +274,18 @@ def _mirror_session(
             CustomerSession, {"integration_id": session_id}, lock=True
         )
         previous_state = session.state
-        data = answer.get("customerSession")
         # A row inserted by this transaction (created) has no cart lines, effects or loyalty rows
         # yet: nothing to read or delete before writing them.
-        if isinstance(data, Mapping) and data:
-            _apply_session(session, data, now, fresh=created)
-        elif isinstance(sent.get("customerSession"), Mapping):
-            _apply_sent_session(session, sent["customerSession"], now, fresh=created)
-        elif isinstance(sent.get("return"), Mapping):
-            _apply_sent_return(session, sent["return"])
+        cart = _apply_answer(session, answer, sent, now)
+        if cart is not None:
+            _replace_cart_items(session, cart, fresh=created)
         profile, profile_created = _session_profile(session, answer, order, now)
         balances = (
             _mirror_loyalty(profile, answer.get("loyalty"), now, fresh=profile_created)
             if profile
             else []
         )
-        if isinstance(order, models.Model) and order.pk is not None:
-            session.order_type = ContentType.objects.get_for_model(order)
-            session.order_id = str(order.pk)
+        _link_order(session, order)
         answered = answer.get("effects") or []
         if settled is not None and isinstance(settled.get("effects"), list):
             # A return: what the session still has is current; the rollbacks are history.
@@ -300,22 +295,56 @@ def _mirror_session(
             _add_history(session, answered, now)
         else:
             effects = _replace_effects(session, answered, previous_state, now, fresh=created)
-        session.discount_total = discount_total(effects)
-        session.raw = _session_raw(session.raw, answer)
-        session.synced_at = now
+        _set_mirrored(session, answer, effects, now)
         session.save()
-        # The current effects, in id order, for a caller that returns them (evaluate_cart).
-        session._mirrored_effects = effects
-        _send_on_commit(signals.effects_updated, CustomerSession, session=session, effects=effects)
-        if balances and profile is not None:
-            _send_on_commit(signals.loyalty_updated, CustomerProfile, profile=profile)
+        _announce(session, effects, profile if balances else None)
     return session
 
 
-def _apply_session(
-    session: CustomerSession, data: Mapping[str, Any], now: Any, *, fresh: bool = False
+def _apply_answer(
+    session: CustomerSession, answer: Mapping[str, Any], sent: Mapping[str, Any], now: Any
+) -> list[Any] | None:
+    """Copy what an answer (or, without ``customerSession`` in it, the request) says of the
+    session onto the row; returns the cart lines to write (None: the cart is unchanged)."""
+    data = answer.get("customerSession")
+    if isinstance(data, Mapping) and data:
+        return _apply_session(session, data, now)
+    if isinstance(sent.get("customerSession"), Mapping):
+        return _apply_sent_session(session, sent["customerSession"], now)
+    if isinstance(sent.get("return"), Mapping):
+        _apply_sent_return(session, sent["return"])
+    return None
+
+
+def _link_order(session: CustomerSession, order: Any) -> None:
+    if isinstance(order, models.Model) and order.pk is not None:
+        session.order_type = ContentType.objects.get_for_model(order)
+        session.order_id = str(order.pk)
+
+
+def _set_mirrored(
+    session: CustomerSession, answer: Mapping[str, Any], effects: list[Effect], now: Any
 ) -> None:
-    """Copy a CustomerSessionV2 onto the row (and its cart lines)."""
+    """The session's fields that follow from its new current effects and the whole answer."""
+    session.discount_total = discount_total(effects)
+    session.raw = _session_raw(session.raw, answer)
+    session.synced_at = now
+    # The current effects, in id order, for a caller that returns them (evaluate_cart).
+    session._mirrored_effects = effects
+
+
+def _announce(
+    session: CustomerSession, effects: list[Effect], profile: CustomerProfile | None
+) -> None:
+    """Send effects_updated (and loyalty_updated for ``profile``) once the transaction commits."""
+    _send_on_commit(signals.effects_updated, CustomerSession, session=session, effects=effects)
+    if profile is not None:
+        _send_on_commit(signals.loyalty_updated, CustomerProfile, profile=profile)
+
+
+def _apply_session(session: CustomerSession, data: Mapping[str, Any], now: Any) -> list[Any] | None:
+    """Copy a CustomerSessionV2 onto the row; returns the cart lines to write (None: unchanged)."""
+    cart = None
     session.talon_id = _int(data.get("id")) or session.talon_id
     session.application_id = _int(data.get("applicationId")) or session.application_id
     if "profileId" in data:
@@ -335,7 +364,7 @@ def _apply_session(
         last = session.raw.get("customerSession") if isinstance(session.raw, Mapping) else None
         # The last answer's cart is at hand: an unchanged cart costs no queries.
         if not isinstance(last, Mapping) or last.get("cartItems") != data.get("cartItems"):
-            _replace_cart_items(session, data.get("cartItems") or [], fresh=fresh)
+            cart = list(data.get("cartItems") or [])
     for key, field in (
         ("total", "total"),
         ("cartItemTotal", "cart_item_total"),
@@ -349,15 +378,18 @@ def _apply_session(
         session.update_count = _int(data.get("updateCount")) or 0
     session.talon_created = _datetime(data.get("created")) or session.talon_created
     session.talon_updated = _datetime(data.get("updated")) or session.talon_updated
+    return cart
 
 
 def _apply_sent_session(
-    session: CustomerSession, sent: Mapping[str, Any], now: Any, *, fresh: bool = False
-) -> None:
-    """Take the cart, codes and state from the request that was answered (a NewCustomerSessionV2).
+    session: CustomerSession, sent: Mapping[str, Any], now: Any
+) -> list[Any] | None:
+    """Take the cart, codes and state from the request that was answered (a NewCustomerSessionV2);
+    returns the cart lines to write (None: the request left the cart alone).
 
     Totals are computed locally, as Talon.One would: before any discount.
     """
+    cart = None
     if "profileId" in sent:
         session.profile_integration_id = str(sent.get("profileId") or "")
     _set_state(session, sent.get("state"))
@@ -371,13 +403,13 @@ def _apply_sent_session(
             Decimal(0),
         )
     if "cartItems" in sent:
-        items = sent.get("cartItems") or []
-        _replace_cart_items(session, items, fresh=fresh)
+        cart = list(sent.get("cartItems") or [])
         session.cart_item_total = sum(
-            (_decimal(item.get("price")) * _decimal(item.get("quantity")) for item in items),
+            (_decimal(item.get("price")) * _decimal(item.get("quantity")) for item in cart),
             Decimal(0),
         )
     session.total = session.cart_item_total + session.additional_cost_total
+    return cart
 
 
 def _apply_sent_return(session: CustomerSession, sent: Mapping[str, Any]) -> None:
@@ -412,25 +444,28 @@ def _replace_cart_items(
 ) -> None:
     if not fresh:
         session.cart_items.all().delete()
-    CartItem.objects.bulk_create(
-        [
-            CartItem(
-                session=session,
-                position=position,
-                sku=str(item.get("sku") or "")[:255],
-                name=str(item.get("name") or "")[:500],
-                quantity=_int(item.get("quantity")) or 0,
-                returned_quantity=_int(item.get("returnedQuantity")) or 0,
-                remaining_quantity=_int(item.get("remainingQuantity")),
-                price=None if item.get("price") is None else _decimal(item.get("price")),
-                category=str(item.get("category") or "")[:255],
-                attributes=dict(item.get("attributes") or {}),
-                raw=dict(item),
-            )
-            for position, item in enumerate(items)
-            if isinstance(item, Mapping)
-        ]
-    )
+    CartItem.objects.bulk_create(_cart_rows(session, items))
+
+
+def _cart_rows(session: CustomerSession, items: list[Any]) -> list[CartItem]:
+    """Unsaved :class:`CartItem` rows for the ``cartItems`` of a session (position = index)."""
+    return [
+        CartItem(
+            session=session,
+            position=position,
+            sku=str(item.get("sku") or "")[:255],
+            name=str(item.get("name") or "")[:500],
+            quantity=_int(item.get("quantity")) or 0,
+            returned_quantity=_int(item.get("returnedQuantity")) or 0,
+            remaining_quantity=_int(item.get("remainingQuantity")),
+            price=None if item.get("price") is None else _decimal(item.get("price")),
+            category=str(item.get("category") or "")[:255],
+            attributes=dict(item.get("attributes") or {}),
+            raw=dict(item),
+        )
+        for position, item in enumerate(items)
+        if isinstance(item, Mapping)
+    ]
 
 
 def _session_raw(previous: Mapping[str, Any], answer: Mapping[str, Any]) -> dict[str, Any]:
@@ -449,28 +484,48 @@ def _session_profile(
 ) -> tuple[CustomerProfile | None, bool]:
     """The session's profile, found or created (and locked), updated from the answer; and
     whether this transaction created it."""
-    data = answer.get("customerProfile")
-    integration_id = session.profile_integration_id
-    if isinstance(data, Mapping) and data.get("integrationId"):
-        integration_id = str(data["integrationId"])
+    integration_id = _answer_profile_id(session, answer)
     if not integration_id:
         session.profile = None
         return None, False
     profile, created = _get_or_create(
         CustomerProfile, {"integration_id": integration_id}, lock=True
     )
+    if _update_profile(session, profile, answer, order, now, fresh=created):
+        profile.save()
+    return profile, created
+
+
+def _answer_profile_id(session: CustomerSession, answer: Mapping[str, Any]) -> str:
+    """The integration id of the profile an answer's session belongs to ("" for none)."""
+    data = answer.get("customerProfile")
+    if isinstance(data, Mapping) and data.get("integrationId"):
+        return str(data["integrationId"])
+    return session.profile_integration_id
+
+
+def _update_profile(
+    session: CustomerSession,
+    profile: CustomerProfile,
+    answer: Mapping[str, Any],
+    order: Any,
+    now: Any,
+    *,
+    fresh: bool,
+) -> bool:
+    """Attach ``profile`` to the session and copy the answer's profile part onto it; True when
+    the profile row needs saving."""
+    data = answer.get("customerProfile")
     changed = False
     if isinstance(data, Mapping) and data:
-        _apply_profile(profile, data, now, fresh=created)
+        _apply_profile(profile, data, now, fresh=fresh)
         profile.synced_at = now
         changed = True
     if order is not None and profile.user_id is None:
         changed = _link_order_user(profile, order) or changed
-    if changed:
-        profile.save()
     session.profile = profile
-    session.profile_integration_id = integration_id
-    return profile, created
+    session.profile_integration_id = profile.integration_id
+    return changed
 
 
 # ---- effects ---------------------------------------------------------------------------------
@@ -488,23 +543,58 @@ def _replace_effects(
 
     ``fresh``: the session row was created in this transaction, so it has no effects yet.
     """
-    answered = [effect for effect in answered if isinstance(effect, Mapping)]
     if fresh:
+        answered = [effect for effect in answered if isinstance(effect, Mapping)]
         return Effect.objects.bulk_create(effect_rows(session, answered, now))
     current = list(session.effects.filter(is_current=True).order_by("id"))
+    plan = _plan_effects(session, current, answered, previous_state, now)
+    if plan.reevaluate:
+        session.effects.filter(is_current=True).update(evaluation=session.update_count)
+    if plan.old == "retire":
+        session.effects.filter(is_current=True).update(is_current=False)
+    elif plan.old == "delete":
+        session.effects.filter(is_current=True).delete()
+    if plan.new:
+        return Effect.objects.bulk_create(plan.new)
+    return plan.current
+
+
+@dataclass
+class _EffectsPlan:
+    """What mirroring an effect set does to a session's current rows.
+
+    ``old``: what happens to the current rows: "" (nothing: the same set again, or there are
+    none), "delete" (an open session's superseded set) or "retire" (kept as history: the session
+    is or was closed); ``new``: unsaved rows to insert;
+    ``current``: the rows current afterwards (``new`` once inserted); ``reevaluate``: the kept
+    rows need the session's new update count.
+    """
+
+    old: str
+    new: list[Effect]
+    current: list[Effect]
+    reevaluate: bool = False
+
+
+def _plan_effects(
+    session: CustomerSession,
+    current: list[Effect],
+    answered: list[Any],
+    previous_state: str,
+    now: Any,
+) -> _EffectsPlan:
+    """Decide how ``answered`` replaces ``current`` (the session's current rows, in id order)."""
+    answered = [effect for effect in answered if isinstance(effect, Mapping)]
     if [row.raw for row in current] == answered:
         # The same set again (a reconciling read, an unchanged cart): no churn, no extra history.
-        if any(row.evaluation != session.update_count for row in current):
-            session.effects.filter(is_current=True).update(evaluation=session.update_count)
-            for row in current:
-                row.evaluation = session.update_count
-        return current
+        stale = any(row.evaluation != session.update_count for row in current)
+        for row in current:
+            row.evaluation = session.update_count
+        return _EffectsPlan("", [], current, reevaluate=stale)
     open_ = CustomerSession.State.OPEN
-    if previous_state != open_ or session.state != open_:
-        session.effects.filter(is_current=True).update(is_current=False)
-    else:
-        session.effects.filter(is_current=True).delete()
-    return Effect.objects.bulk_create(effect_rows(session, answered, now))
+    old = "delete" if previous_state == open_ and session.state == open_ else "retire"
+    new = effect_rows(session, answered, now)
+    return _EffectsPlan(old if current else "", new, new)
 
 
 def effect_rows(session: CustomerSession, answered: list[Any], now: Any) -> list[Effect]:
@@ -698,8 +788,30 @@ def _mirror_loyalty(
     The caller holds the profile's row lock. ``fresh``: the profile was created in this
     transaction, so it has no loyalty rows yet: they are inserted in one query per table.
     """
-    if profile is None or not isinstance(loyalty, Mapping):
+    programs = _loyalty_programs(loyalty) if profile is not None else {}
+    if profile is None or not programs:
         return []
+    if fresh:
+        LoyaltyMembership.objects.bulk_create(
+            [
+                LoyaltyMembership(profile=profile, program_id=program_id, **fields)
+                for program_id, fields in _membership_fields(programs).items()
+            ]
+        )
+        return _upsert_balances(profile, _ledgers_wanted(programs, now), fresh=True)
+    members = {
+        member.program_id: member
+        for member in LoyaltyMembership.objects.filter(profile=profile, program_id__in=programs)
+    }
+    for member in _apply_memberships(profile, programs, members):
+        member.save(update_fields=["joined", "raw"])
+    return _upsert_balances(profile, _ledgers_wanted(programs, now))
+
+
+def _loyalty_programs(loyalty: Any) -> dict[int, Mapping[str, Any]]:
+    """The programs of a Loyalty answer part, by program id."""
+    if not isinstance(loyalty, Mapping):
+        return {}
     programs: dict[int, Mapping[str, Any]] = {}
     for key, program in (loyalty.get("programs") or {}).items():
         program_id = _int(program.get("id")) or _int(key) if isinstance(program, Mapping) else None
@@ -707,41 +819,52 @@ def _mirror_loyalty(
             logger.warning("loyalty program without an id in an answer: %r", key)
             continue
         programs[program_id] = program
-    if not programs:
-        return []
-    members = (
-        {}
-        if fresh
-        else {
-            member.program_id: member
-            for member in LoyaltyMembership.objects.filter(profile=profile, program_id__in=programs)
+    return programs
+
+
+def _membership_fields(programs: dict[int, Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
+    """LoyaltyMembership fields (``joined``, ``raw``) per program."""
+    return {
+        program_id: {
+            "joined": _datetime(program.get("joinDate")),
+            "raw": {k: v for k, v in program.items() if k not in ("ledger", "subLedgers")},
         }
-    )
-    wanted: dict[tuple[int, str], dict[str, Any]] = {}
-    joining: list[LoyaltyMembership] = []
-    for program_id, program in programs.items():
-        joined = _datetime(program.get("joinDate"))
-        raw = {k: v for k, v in program.items() if k not in ("ledger", "subLedgers")}
+        for program_id, program in programs.items()
+    }
+
+
+def _apply_memberships(
+    profile: CustomerProfile,
+    programs: dict[int, Mapping[str, Any]],
+    members: dict[int, LoyaltyMembership],
+) -> list[LoyaltyMembership]:
+    """Bring the profile's memberships (``members``, by program) in line with ``programs``:
+    a missing one is created at once; returns those whose ``joined`` or ``raw`` changed."""
+    changed = []
+    for program_id, fields in _membership_fields(programs).items():
+        joined, raw = fields["joined"], fields["raw"]
         member = members.get(program_id)
-        if fresh:
-            joining.append(
-                LoyaltyMembership(profile=profile, program_id=program_id, joined=joined, raw=raw)
-            )
-        elif member is None:
+        if member is None:
             lookup = {"profile": profile, "program_id": program_id}
-            member, _created = _get_or_create(
-                LoyaltyMembership, lookup, {"joined": joined, "raw": raw}
-            )
-        if member is not None and (member.joined, member.raw) != (joined or member.joined, raw):
+            member, _created = _get_or_create(LoyaltyMembership, lookup, fields)
+            members[program_id] = member
+        if (member.joined, member.raw) != (joined or member.joined, raw):
             member.joined, member.raw = joined or member.joined, raw
-            member.save(update_fields=["joined", "raw"])
+            changed.append(member)
+    return changed
+
+
+def _ledgers_wanted(
+    programs: dict[int, Mapping[str, Any]], now: Any
+) -> dict[tuple[int, str], dict[str, Any]]:
+    """LoyaltyBalance fields per (program, subledger) from the programs' ledgers."""
+    wanted: dict[tuple[int, str], dict[str, Any]] = {}
+    for program_id, program in programs.items():
         ledgers = {"": program.get("ledger"), **(program.get("subLedgers") or {})}
         for subledger, info in ledgers.items():
             if isinstance(info, Mapping):
                 wanted[(program_id, str(subledger))] = _ledger_fields(info, now)
-    if joining:
-        LoyaltyMembership.objects.bulk_create(joining)
-    return _upsert_balances(profile, wanted, fresh=fresh)
+    return wanted
 
 
 def _ledger_fields(info: Mapping[str, Any], now: Any) -> dict[str, Any]:
@@ -814,7 +937,23 @@ def _upsert_balances(
             profile=profile, program_id__in=programs
         )
     }
+    rows, dirty = _apply_balances(profile, wanted, existing)
+    for balance, fields in dirty:
+        # One UPDATE per ledger: cheaper than bulk_update's CASE expressions for a handful of rows.
+        balance.save(update_fields=fields)
+    return rows
+
+
+def _apply_balances(
+    profile: CustomerProfile,
+    wanted: dict[tuple[int, str], dict[str, Any]],
+    existing: dict[tuple[int, str], LoyaltyBalance],
+) -> tuple[list[LoyaltyBalance], list[tuple[LoyaltyBalance, list[str]]]]:
+    """Set ``wanted`` on the profile's ``existing`` balances (by program and subledger); a
+    missing one is created at once. Returns every balance written and the existing ones still to
+    save, with the fields that were set."""
     rows = []
+    dirty = []
     for (program_id, subledger_id), fields in wanted.items():
         balance = existing.get((program_id, subledger_id))
         if balance is None:
@@ -825,10 +964,9 @@ def _upsert_balances(
                 continue
         for name, value in fields.items():
             setattr(balance, name, value)
-        # One UPDATE per ledger: cheaper than bulk_update's CASE expressions for a handful of rows.
-        balance.save(update_fields=list(fields))
+        dirty.append((balance, list(fields)))
         rows.append(balance)
-    return rows
+    return rows, dirty
 
 
 # ---- plumbing --------------------------------------------------------------------------------
