@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, models, transaction
-from django.db.models import Q
+from django.db.models import OuterRef, Q, Subquery
 from django.dispatch import Signal
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -50,12 +50,14 @@ from .outbox import profile_key, session_key
 
 __all__ = [
     "DISCOUNT_EFFECTS",
+    "SessionAnswer",
     "discount_total",
     "mirror_customer_session",
     "mirror_loyalty_balances",
     "mirror_profile_answer",
     "mirror_reopen_answer",
     "mirror_session_answer",
+    "mirror_session_answers",
     "purge_profile",
 ]
 
@@ -118,6 +120,145 @@ def mirror_session_answer(
         savepoint=savepoint,
         settled=settled,
     )
+
+
+@dataclass
+class SessionAnswer:
+    """One answer for :func:`mirror_session_answers`: the arguments of
+    :func:`mirror_session_answer` for one session."""
+
+    session_id: str
+    answer: Mapping[str, Any]
+    sent: Mapping[str, Any] | None = None
+    order: models.Model | None = None
+
+
+def mirror_session_answers(items: Sequence[SessionAnswer]) -> list[CustomerSession]:
+    """Mirror the answers of many sessions at once; returns the sessions in the order given.
+
+    The rows come out as :func:`mirror_session_answer` leaves them, answer after answer (two
+    sessions of one customer: the later answer's profile wins), but each table is read and written
+    in one or two statements for the whole batch. Rows met for the first time (a new session,
+    profile, loyalty membership or balance) and audience changes are written one by one. Returns
+    (``settled``) are not taken: mirror them one at a time.
+
+    Runs in one transaction: the caller's if there is one (no savepoint: an error must roll the
+    caller's transaction back), else its own. One answer per session.
+    """
+    ids = [item.session_id for item in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError("mirror_session_answers() takes one answer per session")
+    if not items:
+        return []
+    with transaction.atomic(savepoint=False):
+        return _mirror_sessions(items, ids)
+
+
+def _mirror_sessions(items: Sequence[SessionAnswer], ids: list[str]) -> list[CustomerSession]:
+    now = timezone.now()
+    sessions, _created = _lock_rows(CustomerSession, ids)
+    previous = {sid: sessions[sid].state for sid in ids}
+    carts: dict[int, list[CartItem]] = {}
+    for item in items:
+        session = sessions[item.session_id]
+        cart = _apply_answer(session, item.answer, item.sent or {}, now)
+        if cart is not None:
+            carts[session.pk] = _cart_rows(session, cart)
+
+    profile_of = {
+        item.session_id: _answer_profile_id(sessions[item.session_id], item.answer)
+        for item in items
+    }
+    profiles, fresh = _lock_rows(CustomerProfile, sorted({p for p in profile_of.values() if p}))
+    programs_of: dict[str, dict[int, Mapping[str, Any]]] = {}
+    dirty_profiles: dict[int, CustomerProfile] = {}
+    for item in items:
+        session, profile_id = sessions[item.session_id], profile_of[item.session_id]
+        if not profile_id:
+            session.profile = None
+            continue
+        profile = profiles[profile_id]
+        # Created here: no memberships to read for the first answer; later ones must look.
+        first = profile_id in fresh
+        fresh.discard(profile_id)
+        if _update_profile(session, profile, item.answer, item.order, now, fresh=first):
+            dirty_profiles[profile.pk] = profile
+        programs = _loyalty_programs(item.answer.get("loyalty"))
+        if programs:
+            programs_of[item.session_id] = programs
+
+    balances_of: dict[str, list[LoyaltyBalance]] = {}
+    changed_members: dict[int, LoyaltyMembership] = {}
+    dirty_balances: dict[int, LoyaltyBalance] = {}
+    if programs_of:
+        loyal = {profiles[profile_of[sid]].pk for sid in programs_of}
+        members: dict[int, dict[int, LoyaltyMembership]] = {pk: {} for pk in loyal}
+        for member in LoyaltyMembership.objects.filter(profile_id__in=loyal):
+            members[member.profile_id][member.program_id] = member
+        ledgers: dict[int, dict[tuple[int, str], LoyaltyBalance]] = {pk: {} for pk in loyal}
+        for balance in (
+            LoyaltyBalance.objects.select_for_update().filter(profile_id__in=loyal).order_by("pk")
+        ):
+            ledgers[balance.profile_id][(balance.program_id, balance.subledger_id)] = balance
+        for sid, programs in programs_of.items():
+            profile = profiles[profile_of[sid]]
+            for member in _apply_memberships(profile, programs, members[profile.pk]):
+                changed_members[member.pk] = member
+            rows, dirty = _apply_balances(
+                profile, _ledgers_wanted(programs, now), ledgers[profile.pk]
+            )
+            dirty_balances.update((balance.pk, balance) for balance, _fields in dirty)
+            balances_of[sid] = rows
+
+    current: dict[int, list[Effect]] = {sessions[sid].pk: [] for sid in ids}
+    for effect in Effect.objects.filter(session_id__in=list(current), is_current=True).order_by(
+        "id"
+    ):
+        current[effect.session_id].append(effect)
+    plans = {}
+    for item in items:
+        session = sessions[item.session_id]
+        _link_order(session, item.order)
+        plans[item.session_id] = _plan_effects(
+            session,
+            current[session.pk],
+            item.answer.get("effects") or [],
+            previous[item.session_id],
+            now,
+        )
+
+    if carts:
+        CartItem.objects.filter(session_id__in=list(carts)).delete()
+        CartItem.objects.bulk_create([row for rows in carts.values() for row in rows])
+    _upsert(CustomerProfile, dirty_profiles.values(), ["integration_id"])
+    for member in changed_members.values():
+        member.save(update_fields=["joined", "raw"])
+    _upsert(LoyaltyBalance, dirty_balances.values(), ["profile", "program_id", "subledger_id"])
+    by_old: dict[str, list[int]] = {"delete": [], "retire": []}
+    for sid, plan in plans.items():
+        if plan.old:
+            by_old[plan.old].append(sessions[sid].pk)
+    if by_old["delete"]:
+        Effect.objects.filter(session_id__in=by_old["delete"], is_current=True).delete()
+    if by_old["retire"]:
+        Effect.objects.filter(session_id__in=by_old["retire"], is_current=True).update(
+            is_current=False
+        )
+    Effect.objects.bulk_create([row for plan in plans.values() for row in plan.new])
+    for item in items:
+        _set_mirrored(sessions[item.session_id], item.answer, plans[item.session_id].current, now)
+    _upsert(CustomerSession, [sessions[sid] for sid in ids], ["integration_id"])
+    reevaluate = [sessions[sid].pk for sid, plan in plans.items() if plan.reevaluate]
+    if reevaluate:
+        count = CustomerSession.objects.filter(pk=OuterRef("session_id")).values("update_count")
+        Effect.objects.filter(session_id__in=reevaluate, is_current=True).update(
+            evaluation=Subquery(count[:1])
+        )
+    for item in items:
+        sid = item.session_id
+        profile = profiles[profile_of[sid]] if balances_of.get(sid) else None
+        _announce(sessions[sid], plans[sid].current, profile)
+    return [sessions[sid] for sid in ids]
 
 
 def mirror_reopen_answer(session_id: str, answer: Mapping[str, Any]) -> CustomerSession:
@@ -959,6 +1100,7 @@ def _apply_balances(
         if balance is None:
             lookup = {"profile": profile, "program_id": program_id, "subledger_id": subledger_id}
             balance, created = _get_or_create(LoyaltyBalance, lookup, fields, lock=True)
+            existing[(program_id, subledger_id)] = balance
             if created:
                 rows.append(balance)
                 continue
@@ -970,6 +1112,55 @@ def _apply_balances(
 
 
 # ---- plumbing --------------------------------------------------------------------------------
+
+
+def _lock_rows(model: type[M], integration_ids: Sequence[str]) -> tuple[dict[str, M], set[str]]:
+    """The rows of these integration ids, locked in id order (created one by one where missing);
+    and the ids whose rows this transaction created."""
+    manager = model._default_manager
+    rows = {
+        row.integration_id: row
+        for row in manager.select_for_update()
+        .filter(integration_id__in=list(integration_ids))
+        .order_by("integration_id")
+    }
+    created = set()
+    for integration_id in integration_ids:
+        if integration_id not in rows:
+            rows[integration_id], made = _get_or_create(
+                model, {"integration_id": integration_id}, lock=True
+            )
+            if made:
+                created.add(integration_id)
+    return rows, created
+
+
+def _upsert(model: type[M], rows: Iterable[M], unique_fields: list[str]) -> None:
+    """Write these saved rows back in one INSERT ... ON CONFLICT (``unique_fields``) DO UPDATE of
+    every other column (``auto_now`` ones stamped; ``auto_now_add`` ones left as they are)."""
+    rows = list(rows)
+    if not rows:
+        return
+    opts = model._meta
+    kept = [f for f in opts.concrete_fields if getattr(f, "auto_now_add", False)]
+    fields = [
+        f.name
+        for f in opts.concrete_fields
+        if not f.primary_key and f.name not in unique_fields and f not in kept
+    ]
+    saved = [(row.pk, [getattr(row, f.attname) for f in kept]) for row in rows]
+    for row in rows:
+        row.pk = None  # insert without the pk: the conflict on unique_fields finds the row
+    try:
+        model._default_manager.bulk_create(
+            rows, update_conflicts=True, unique_fields=unique_fields, update_fields=fields
+        )
+    finally:
+        for row, (pk, values) in zip(rows, saved, strict=True):
+            row.pk = pk
+            row._state.adding = False
+            for f, value in zip(kept, values, strict=True):
+                setattr(row, f.attname, value)
 
 
 def _get_or_create(
