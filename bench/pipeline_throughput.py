@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="also cProfile process_key in this process (500 pushes, no Celery) and list the"
-        " queries of one push",
+        help="also cProfile the worker path in this process (500 pushes, no Celery) and list"
+        " the statements of one batch",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON")
     args = parser.parse_args(argv)
@@ -400,11 +400,13 @@ def _wake_nobody() -> Iterator[None]:
 
 
 def profile_worker_path(sandbox: SandboxProcess, n: int, *, fresh: bool) -> str:
-    """cProfile ``process_key`` over ``n`` session pushes in this process; queries of one push."""
+    """cProfile the worker's path (``outbox.process_batch``, as the push task runs it) over ``n``
+    session pushes in this process; the statements of one batch."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
     from django_talonone import outbox
+    from django_talonone.conf import settings
 
     sandbox.reset()
     _empty_tables()
@@ -413,30 +415,32 @@ def profile_worker_path(sandbox: SandboxProcess, n: int, *, fresh: bool) -> str:
         _mirror_first(scenario)
     with _wake_nobody():
         enqueue(scenario)
-    keys = [outbox.session_key(f"bench-session-{k}") for k in range(n)]
     client = outbox.get_client()
-    outbox.process_key(keys[0], client=client)  # warm up: connection, client
-    with CaptureQueriesContext(connection) as queries:
-        outbox.process_key(keys[1], client=client)
+    size = int(settings.BATCH_SIZE)
+    with CaptureQueriesContext(connection) as queries:  # also the warm-up
+        first, _claimed = outbox.process_batch(client=client)
     t0, c0 = time.perf_counter(), time.process_time()
-    for key in keys[2 : n // 2]:
-        outbox.process_key(key, client=client)
-    plain = n // 2 - 2
-    wall_ms = (time.perf_counter() - t0) / plain * 1000
-    cpu_ms = (time.process_time() - c0) / plain * 1000
+    plain = 0
+    while plain < (n - first) // 2:
+        done, claimed = outbox.process_batch(client=client)
+        plain += done
+        if not claimed:
+            break
+    wall_ms = (time.perf_counter() - t0) / max(plain, 1) * 1000
+    cpu_ms = (time.process_time() - c0) / max(plain, 1) * 1000
     profiler = cProfile.Profile()
     profiler.enable()
-    for key in keys[n // 2 :]:
-        outbox.process_key(key, client=client)
+    profiled = outbox.drain(client=client)
     profiler.disable()
     out = io.StringIO()
     out.write(
-        f"\nprocess_key in this process (no Celery): {wall_ms:.2f} ms wall, {cpu_ms:.2f} ms CPU"
-        f" per push ({plain} pushes); {len(queries)} statements for one push:\n"
+        f"\nprocess_batch in this process (no Celery, BATCH_SIZE {size}): {wall_ms:.2f} ms wall,"
+        f" {cpu_ms:.2f} ms CPU per push ({plain} pushes); {len(queries)} statements for the"
+        f" first batch of {first} pushes:\n"
     )
     for q in queries.captured_queries:
         out.write(f"  {q['sql'][:140]}\n")
-    out.write(f"\ncProfile of {n - n // 2} more pushes:\n")
+    out.write(f"\ncProfile of {profiled} more pushes:\n")
     stats = pstats.Stats(profiler, stream=out).strip_dirs()
     stats.sort_stats("tottime").print_stats(20)
     stats.sort_stats("cumulative").print_stats(30)

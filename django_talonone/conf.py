@@ -34,6 +34,11 @@ DEFAULTS: dict[str, Any] = {
     "DISPATCH": "inline",
     # Extra options for apply_async of the push task (queue, priority, ...).
     "TASK_OPTIONS": {},
+    # Pushes a worker claims, sends and mirrors together (heads of distinct keys); 1 = one key at
+    # a time.
+    "BATCH_SIZE": 100,
+    # Requests a worker keeps in flight at once while sending a batch (distinct keys only).
+    "SEND_CONCURRENCY": 4,
     # Attempts before a push is dead-lettered; retry delays grow from BASE to MAX (seconds).
     "MAX_ATTEMPTS": 8,
     "RETRY_BASE_DELAY": 2.0,

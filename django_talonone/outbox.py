@@ -14,6 +14,7 @@ The row's ``payload`` holds the call: ``{"args": [path args], "body": {...}, "qu
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime
 import logging
@@ -28,7 +29,8 @@ from typing import Any
 
 from django.core.signals import setting_changed
 from django.db import DatabaseError, OperationalError, connection, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef, Q, Subquery
+from django.db.models.functions import Substr
 from django.utils import timezone
 
 from . import ratelimit
@@ -46,10 +48,12 @@ __all__ = [
     "UPDATE_SESSION",
     "Attempt",
     "dispatch",
+    "drain",
     "enqueue",
     "get_client",
     "make_link",
     "make_payload",
+    "process_batch",
     "process_due",
     "process_key",
     "profile_key",
@@ -263,6 +267,57 @@ def process_key(key: str, *, client: IntegrationClient | None = None) -> int:
     if settings.DISPATCH == "celery":
         dispatch(key)  # a long backlog: hand the key back so other keys get a worker too
     return finished
+
+
+def drain(key: str | None = None, *, client: IntegrationClient | None = None) -> int:
+    """Send what is due, in batches of ``TALONONE["BATCH_SIZE"]`` keys; returns how many rows
+    were finished. The body of the ``django_talonone.push`` task.
+
+    ``key`` is the key the task was sent for: with ``BATCH_SIZE`` 1 only that key is served (as
+    :func:`process_key`); otherwise its rows go with whatever else is due. After
+    ``MAX_ROWS_PER_CALL`` rows the work is handed back (a new task) so that other tasks get a turn.
+    """
+    if int(settings.BATCH_SIZE) <= 1:
+        return process_key(key, client=client) if key else process_due()
+    client = client or get_client()
+    finished = 0
+    while finished < MAX_ROWS_PER_CALL:
+        done, claimed = process_batch(client=client)
+        finished += done
+        if not claimed:
+            return finished
+    if settings.DISPATCH == "celery" and key:
+        dispatch(key)
+    return finished
+
+
+def process_batch(
+    *, client: IntegrationClient | None = None, size: int | None = None
+) -> tuple[int, int]:
+    """Claim the due head rows of up to ``size`` keys at once, send them, and mirror the session
+    updates among them in one transaction; returns (rows finished, rows claimed).
+
+    Per key nothing changes: only a key's first unfinished row is taken, and only when it is due
+    and nobody else holds the key. A head with cart updates queued behind it is left to
+    :func:`process_key` (which folds them); heads that are not plain cart updates, or whose last
+    try may have been applied, are sent and mirrored one at a time as :func:`run` does.
+    """
+    size = int(size or settings.BATCH_SIZE)
+    client = client or get_client()
+    claimed, token, folding = _claim_batch(size)
+    finished = 0
+    keys = [push.key for push in claimed] + folding
+    with _processing_all(keys):
+        together: list[Push] = []
+        for push in claimed:
+            if _batchable(push):
+                together.append(push)
+            elif run(push, token, client=client).outcome in ("done", "failed", "dead"):
+                finished += 1
+        finished += _run_together(together, token, client)
+    for key in folding:
+        finished += process_key(key, client=client)
+    return finished, len(claimed) + len(folding)
 
 
 def claim(key: str) -> tuple[Push, str, list[int]] | None:
@@ -513,8 +568,18 @@ def due_keys(*, now: datetime.datetime | None = None, limit: int = 10_000) -> It
 
 
 def process_due(*, limit: int = 10_000) -> int:
-    """Send every due push in this process, key by key; returns how many rows were finished."""
-    return sum(process_key(key) for key in list(due_keys(limit=limit)))
+    """Send every due push in this process (in batches, or key by key with ``BATCH_SIZE`` 1);
+    returns how many rows were finished."""
+    if int(settings.BATCH_SIZE) <= 1:
+        return sum(process_key(key) for key in list(due_keys(limit=limit)))
+    client = get_client()
+    finished = 0
+    while finished < limit:
+        done, claimed = process_batch(client=client)
+        finished += done
+        if not claimed:
+            break
+    return finished
 
 
 def retry_dead(
@@ -652,7 +717,7 @@ def _statement(build: Callable[..., str], *args: Any) -> str:
 def _columns() -> dict[str, str]:
     qn = connection.ops.quote_name
     names = ("id", "key", "state", "claimed_by", "claimed_at", "updated_at", "attempts")
-    names += ("payload", "coalesced")
+    names += ("payload", "coalesced", "next_attempt_at")
     found = {name: qn(Push._meta.get_field(name).column) for name in names}
     found["table"] = qn(Push._meta.db_table)
     return found
@@ -719,6 +784,226 @@ def _coalescible_run(key: str, head: Push) -> list[Push]:
     return run_rows
 
 
+def _claim_batch(size: int) -> tuple[list[Push], str, list[str]]:
+    """Claim the due heads of up to ``size`` keys: (rows now in flight, their claim token, keys
+    left to :func:`process_key` because cart updates wait behind their head to be folded)."""
+    now = timezone.now()
+    token = _new_token()
+    skip_locked = bool(connection.features.has_select_for_update_skip_locked)
+    try:
+        with transaction.atomic():
+            stamp = Push._meta.get_field("next_attempt_at").get_db_prep_save(now, connection)
+            heads = list(
+                Push.objects.raw(
+                    _statement(_batch_heads_sql, skip_locked),
+                    [*UNFINISHED, Push.State.PENDING, stamp, *UNFINISHED, size],
+                )
+            )
+            folding = [h.key for h in heads if h.has_later and _is_plain_update(h)]
+            wanted = [h for h in heads if not (h.has_later and _is_plain_update(h))]
+            if not wanted:
+                return [], token, folding
+            stamp = Push._meta.get_field("claimed_at").get_db_prep_save(now, connection)
+            ids = [h.pk for h in wanted]
+            params = [Push.State.IN_FLIGHT, token, stamp, stamp, *ids, Push.State.PENDING]
+            params += [*UNFINISHED, Push.State.IN_FLIGHT]
+            with connection.cursor() as cursor:
+                cursor.execute(_statement(_batch_cas_sql, len(ids)), params)
+                if cursor.rowcount != len(ids):
+                    won = set(
+                        Push.objects.filter(pk__in=ids, claimed_by=token).values_list(
+                            "pk", flat=True
+                        )
+                    )
+                    wanted = [h for h in wanted if h.pk in won]
+    except OperationalError as exc:
+        if connection.vendor != "sqlite":
+            raise
+        logger.debug("claiming a batch lost a race: %s", exc)  # as in claim()
+        return [], token, []
+    for push in wanted:
+        push.state = Push.State.IN_FLIGHT
+        push.claimed_by = token
+        push.claimed_at = push.updated_at = now
+        push.attempts += 1
+    return wanted, token, folding
+
+
+def _batch_heads_sql(skip_locked: bool) -> str:
+    c = _columns()
+    due = c["next_attempt_at"]
+
+    def others(op: str) -> str:
+        return (
+            f"EXISTS (SELECT 1 FROM {c['table']} o WHERE o.{c['key']} = p.{c['key']}"  # noqa: S608
+            f" AND o.{c['state']} IN (%s, %s) AND o.{c['id']} {op} p.{c['id']})"
+        )
+
+    sql = (
+        f"SELECT p.*, {others('>')} AS has_later FROM {c['table']} p"  # noqa: S608
+        f" WHERE p.{c['state']} = %s AND p.{due} <= %s AND NOT {others('<')}"
+        f" ORDER BY p.{c['id']} LIMIT %s"
+    )
+    return sql + " FOR UPDATE OF p SKIP LOCKED" if skip_locked else sql
+
+
+def _batch_cas_sql(count: int) -> str:
+    c = _columns()
+    t = c["table"]
+    ids = ", ".join(["%s"] * count)
+    return (
+        f"UPDATE {t} SET {c['state']} = %s, {c['claimed_by']} = %s,"  # noqa: S608
+        f" {c['claimed_at']} = %s, {c['updated_at']} = %s,"
+        f" {c['attempts']} = {c['attempts']} + 1"
+        f" WHERE {c['id']} IN ({ids}) AND {c['state']} = %s"
+        f" AND NOT EXISTS (SELECT 1 FROM {t} o WHERE o.{c['key']} = {t}.{c['key']}"
+        f" AND o.{c['state']} IN (%s, %s) AND o.{c['id']} <> {t}.{c['id']}"
+        f" AND (o.{c['id']} < {t}.{c['id']} OR o.{c['state']} = %s))"
+    )
+
+
+def _batchable(push: Push) -> bool:
+    """A plain cart update of its own session key, not possibly applied already: it can be
+    mirrored with others."""
+    if push.outcome_unknown or not _is_plain_update(push):
+        return False
+    args = push.payload.get("args") or []
+    return bool(args) and isinstance(args[0], str) and push.key == session_key(args[0])
+
+
+def _run_together(pushes: list[Push], token: str, client: IntegrationClient) -> int:
+    """Send claimed plain cart updates and mirror their answers in one transaction; returns how
+    many were finished. If that transaction fails, each answer is mirrored on its own as
+    :func:`run` does, so an answer the mirror cannot take costs only its own row."""
+    answered: list[tuple[Push, Any]] = []
+    finished = 0
+    for push, answer, exc in _send_all(pushes, client):
+        if exc is not None:
+            if not isinstance(exc, TalonOneError):
+                logger.error(
+                    "push #%s (%s %s) could not be sent",
+                    push.pk,
+                    push.operation,
+                    push.key,
+                    exc_info=exc,
+                )
+            if _fail(push, token, exc).outcome in ("failed", "dead"):
+                finished += 1
+            continue
+        answered.append((push, answer))
+    if not answered:
+        return finished
+    orders = _linked_orders([push for push, _answer in answered])
+    from . import mirror
+
+    items = [
+        mirror.SessionAnswer(
+            push.payload["args"][0],
+            answer,
+            sent=push.payload.get("body"),
+            order=orders.get(push.pk),
+        )
+        for push, answer in answered
+        if isinstance(answer, dict)
+    ]
+    now = timezone.now()
+    ids = [push.pk for push, answer in answered if isinstance(answer, dict)]
+    session_of_key = CustomerSession.objects.filter(
+        integration_id=Substr(OuterRef("key"), len(session_key("")) + 1)
+    ).values("pk")[:1]
+    try:
+        with transaction.atomic():
+            mirror.mirror_session_answers(items)
+            updated = Push.objects.filter(pk__in=ids, claimed_by=token).update(
+                state=Push.State.DONE,
+                done_at=now,
+                updated_at=now,
+                outcome_unknown=False,
+                last_error="",
+                error_class="",
+                error_status=None,
+                session_id=Subquery(session_of_key),
+            )
+    except Exception:
+        logger.exception(
+            "mirroring %s answers together failed; mirroring them one by one", len(items)
+        )
+        for push, answer in answered:
+            if _finish(push, token, answer, client, order=orders.get(push.pk)).ok:
+                finished += 1
+        return finished
+    if updated < len(ids):
+        # The sweep took some back meanwhile (this worker was too slow); as in _finish.
+        logger.warning(
+            "%s of %s pushes finished after they were reclaimed", len(ids) - updated, len(ids)
+        )
+    for push, answer in answered:
+        if not isinstance(answer, dict) and _finish(push, token, answer, client).ok:
+            finished += 1
+    return finished + updated
+
+
+def _send_all(
+    pushes: list[Push], client: IntegrationClient
+) -> list[tuple[Push, Any, Exception | None]]:
+    """Send pushes of distinct keys, up to ``TALONONE["SEND_CONCURRENCY"]`` at a time; returns
+    (push, answer, error) for each, in the order given. Only HTTP happens in the other threads:
+    the database is left to the calling thread."""
+
+    def send(push: Push) -> tuple[Push, Any, Exception | None]:
+        try:
+            return push, _send(push, client), None
+        except Exception as exc:
+            return push, None, exc
+
+    width = min(int(settings.SEND_CONCURRENCY), len(pushes))
+    if width <= 1:
+        return [send(push) for push in pushes]
+    return list(_sender_pool(width).map(send, pushes))
+
+
+def _sender_pool(width: int) -> concurrent.futures.ThreadPoolExecutor:
+    """This process's sending threads (made anew in a forked child, e.g. a prefork worker)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid() or _pool[1] < width:
+            if _pool is not None and _pool[0] == os.getpid():
+                _pool[2].shutdown(wait=False)
+            executor = concurrent.futures.ThreadPoolExecutor(width, "talonone-send")
+            _pool = (os.getpid(), width, executor)
+        return _pool[2]
+
+
+_pool: tuple[int, int, concurrent.futures.ThreadPoolExecutor] | None = None
+_pool_lock = threading.Lock()
+
+
+def _linked_orders(pushes: list[Push]) -> dict[int, Any]:
+    """The shop's orders the pushes' links name, by push id, read in one query per model."""
+    wanted: dict[str, dict[str, list[int]]] = {}
+    for push in pushes:
+        ref = (push.payload.get("link") or {}).get("order")
+        if ref:
+            try:
+                wanted.setdefault(str(ref[0]), {}).setdefault(str(ref[1]), []).append(push.pk)
+            except (IndexError, TypeError):
+                continue
+    found: dict[int, Any] = {}
+    for label, by_pk in wanted.items():
+        try:
+            from django.apps import apps
+
+            model = apps.get_model(label)
+            objects = model._default_manager.in_bulk(list(by_pk))
+        except (LookupError, ValueError, TypeError, DatabaseError):
+            logger.warning("the %s orders linked to %s pushes no longer resolve", label, len(by_pk))
+            continue
+        for pk, obj in objects.items():
+            for push_id in by_pk.get(str(pk), []):
+                found[push_id] = obj
+    return found
+
+
 def _is_plain_update(push: Push) -> bool:
     """A session update that changes no state (a cart change): safe to fold into a later one."""
     if push.operation != UPDATE_SESSION:
@@ -754,12 +1039,19 @@ _HOST = socket.gethostname()[:200]
 
 @contextlib.contextmanager
 def _processing(key: str) -> Iterator[None]:
+    with _processing_all([key]):
+        yield
+
+
+@contextlib.contextmanager
+def _processing_all(keys: list[str]) -> Iterator[None]:
     active = _active_keys()
-    active.add(key)
+    mine = [key for key in keys if key not in active]
+    active.update(mine)
     try:
         yield
     finally:
-        active.discard(key)
+        active.difference_update(mine)
 
 
 def _active_keys() -> set[str]:

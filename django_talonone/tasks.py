@@ -3,7 +3,8 @@
 A library never creates a Celery app: these are ``@shared_task``s that bind to the host project's
 app. Their names are fixed, so routing and beat entries can name them:
 
-- ``django_talonone.push`` (``key``): send the due pushes of one session or profile key. The
+- ``django_talonone.push`` (``key``): send the due pushes of one session or profile key, and
+  whatever else is due, in batches (``TALONONE["BATCH_SIZE"]``). The
   outbox sends it on commit when ``TALONONE["DISPATCH"] = "celery"``, with
   ``TALONONE["TASK_OPTIONS"]`` as ``apply_async`` options (``queue``, ``priority``, ...).
 - ``django_talonone.sweep``: take back pushes abandoned by dead workers and re-wake pushes whose
@@ -60,10 +61,11 @@ def _task(name: str) -> Callable[[Callable[..., Any]], Any]:
 
 @_task("django_talonone.push")
 def push(key: str) -> int:
-    """Send the due pushes of one key, oldest first; returns how many were finished."""
-    from .outbox import process_key
+    """Send the due pushes of ``key``, and with ``TALONONE["BATCH_SIZE"]`` above 1 whatever else
+    is due, in batches; returns how many rows were finished."""
+    from .outbox import drain
 
-    return process_key(key)
+    return drain(key)
 
 
 @_task("django_talonone.sweep")
