@@ -106,6 +106,7 @@ class Result:
     max_parallel_per_key: int
     wall_seconds: float
     enqueue_seconds: float
+    cpu_ms_per_push: dict[str, float]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +134,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--fresh", action="store_true", help="no session or profile mirrored before the push"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        help="TALONONE['BATCH_SIZE'] for the workers (default: the library's; 1: key by key)",
+    )
+    parser.add_argument(
+        "--send-concurrency",
+        type=int,
+        default=0,
+        help="TALONONE['SEND_CONCURRENCY'] for the workers (default: the library's)",
     )
     parser.add_argument("--no-extra", action="store_true", help="skip the few-keys scenarios")
     parser.add_argument("--only", help="run only scenarios whose name contains this")
@@ -165,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
 
         django.setup()
         call_command("migrate", verbosity=0)
+        from django_talonone.conf import settings as tsettings
+
         machine = machine_info(**django_versions())
         print(
             f"pipeline_throughput: Python {machine['python']}, Django {machine['django']},"
@@ -175,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             f"sandbox {sandbox.url} (own process); PostgreSQL database {args.database};"
             f" broker redis://{HOST}:6379/{args.redis_db} queue {QUEUE};"
             f" {_layout(args)}; CELERY_DB_REUSE_MAX {args.db_reuse or 'unset'};"
-            f" sessions {'fresh' if args.fresh else 'already mirrored'}"
+            f" sessions {'fresh' if args.fresh else 'already mirrored'};"
+            f" BATCH_SIZE {tsettings.BATCH_SIZE}, SEND_CONCURRENCY {tsettings.SEND_CONCURRENCY}"
         )
         _purge_queue()
         for scenario in scenarios:
@@ -263,9 +279,11 @@ def run_scenario(scenario: Scenario, sandbox: SandboxProcess, args: argparse.Nam
         enqueue(scenario)
         enqueue_seconds = time.perf_counter() - t0
         started = time.perf_counter()
+        cpu_before = _cpu_by_process()
         workers.resume()
         workers.wait_done(args.timeout)
         wall = time.perf_counter() - started
+        cpu_after = _cpu_by_process()
     span = Push.objects.aggregate(first=Min("claimed_at"), last=Max("done_at"))
     seconds = (span["last"] - span["first"]).total_seconds()
     states = dict(Push.objects.values_list("state").annotate(n=Count("id")).order_by())
@@ -285,6 +303,11 @@ def run_scenario(scenario: Scenario, sandbox: SandboxProcess, args: argparse.Nam
         requests_per_s=round(requests / seconds, 1) if seconds > 0 else 0.0,
         conflicts=conflicts,
         max_parallel_per_key=max(counters.get("max_parallel", {}).values(), default=0),
+        cpu_ms_per_push={
+            name: round((cpu_after.get(name, 0.0) - spent) * 1000 / max(finished, 1), 3)
+            for name, spent in cpu_before.items()
+            if cpu_after.get(name, 0.0) - spent > 0
+        },
         wall_seconds=round(wall, 3),
         enqueue_seconds=round(enqueue_seconds, 3),
     )
@@ -559,7 +582,12 @@ def _configure_django(sandbox_url: str, args: argparse.Namespace) -> None:
     os.environ["TALONONE_TEST_API_KEY"] = "sandbox-api-key"
     os.environ["TALONONE_TEST_BROKER"] = f"redis://{HOST}:6379/{args.redis_db}"
     os.environ["TALONONE_TEST_SETTINGS"] = json.dumps(
-        {"DISPATCH": "celery", "TASK_OPTIONS": {"queue": QUEUE}}
+        {
+            "DISPATCH": "celery",
+            "TASK_OPTIONS": {"queue": QUEUE},
+            **({"BATCH_SIZE": args.batch_size} if args.batch_size else {}),
+            **({"SEND_CONCURRENCY": args.send_concurrency} if args.send_concurrency else {}),
+        }
     )
     os.environ["TALONONE_BENCH_DB_REUSE_MAX"] = str(args.db_reuse or "")
     os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -584,6 +612,38 @@ def _print_row(r: Result) -> None:
         f" -> {r.pushes_per_s:7.1f} pushes/s; 409s {r.conflicts},"
         f" max parallel per key {r.max_parallel_per_key}; {r.states}"
     )
+    cpu = ", ".join(f"{name} {ms:.2f}" for name, ms in sorted(r.cpu_ms_per_push.items()))
+    print(
+        f"  {'':<24} CPU ms per push (from resume to the last row done, wall {r.wall_seconds}s):"
+        f" {cpu}"
+    )
+
+
+def _cpu_by_process() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the processes of the run, grouped: the
+    workers, the sandbox, PostgreSQL, Redis and this script (Linux /proc; empty elsewhere)."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    found: dict[str, float] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == os.getpid():
+            name = "bench"
+        elif "celery" in cmdline:
+            name = "workers"
+        elif "django_talonone.sandbox" in cmdline:
+            name = "sandbox"
+        elif cmdline.startswith("postgres"):
+            name = "postgres"
+        elif "redis-server" in cmdline:
+            name = "redis"
+        else:
+            continue
+        found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return found
 
 
 def _report(results: list[Result], args: argparse.Namespace, machine: dict[str, Any]) -> dict:

@@ -1125,14 +1125,28 @@ def _lock_rows(model: type[M], integration_ids: Sequence[str]) -> tuple[dict[str
         .filter(integration_id__in=list(integration_ids))
         .order_by("integration_id")
     }
-    created = set()
-    for integration_id in integration_ids:
-        if integration_id not in rows:
+    missing = [i for i in integration_ids if i not in rows]
+    if not missing:
+        return rows, set()
+    if connection.vendor not in ("postgresql", "sqlite") or not (
+        connection.features.can_return_rows_from_bulk_insert
+    ):
+        created = set()
+        for integration_id in missing:
             rows[integration_id], made = _get_or_create(
                 model, {"integration_id": integration_id}, lock=True
             )
             if made:
                 created.add(integration_id)
+        return rows, created
+    # One INSERT for all; a row another transaction inserted meanwhile is left alone (and not
+    # counted as created here).
+    new = [model(integration_id=integration_id) for integration_id in missing]
+    created = set(_insert(model, new, conflict=["integration_id"], ignore=True))
+    for row in (
+        manager.select_for_update().filter(integration_id__in=missing).order_by("integration_id")
+    ):
+        rows[row.integration_id] = row
     return rows, created
 
 
@@ -1147,20 +1161,26 @@ def _insert(
     rows: list[M],
     *,
     conflict: list[str] | None = None,
+    ignore: bool = False,
     returning: bool = False,
-) -> list[M]:
+) -> list[Any]:
     """INSERT new rows (their pks set when ``returning``), or with ``conflict`` write existing
     rows back by those unique fields, in as few multi-row statements as the database takes.
+    With ``ignore``, rows that hit ``conflict`` are skipped instead, and the value of the first
+    ``conflict`` field of each row inserted is returned (PostgreSQL and SQLite only).
 
     Django's bulk_create does the same, but on PostgreSQL it sends many rows as one array per
     column, and with client-side binding (psycopg 3's default in Django) every double quote in a
     JSON column is then escaped by a regular expression: most of a batch's CPU time.
     """
     if not rows:
-        return rows
+        return []
     vendor = connection.vendor
     can_return = connection.features.can_return_rows_from_bulk_insert
-    if vendor not in ("postgresql", "sqlite") or (returning and not can_return):
+    existing = bool(conflict) and not ignore  # rows written back, not new ones
+    if vendor not in ("postgresql", "sqlite") or ((returning or ignore) and not can_return):
+        if ignore:
+            raise NotImplementedError("_insert(ignore=True) needs PostgreSQL or SQLite 3.35+")
         if conflict:
             _upsert_with_django(model, rows, conflict)
             return rows
@@ -1171,14 +1191,17 @@ def _insert(
     fields = [f for f in opts.concrete_fields if not f.primary_key]
     columns = ", ".join(qn(f.column) for f in fields)
     tail = ""
-    if conflict:
+    if conflict and ignore:
+        target = ", ".join(qn(opts.get_field(name).column) for name in conflict)
+        tail = f" ON CONFLICT ({target}) DO NOTHING RETURNING {target.split(', ')[0]}"
+    elif conflict:
         kept = [f for f in fields if getattr(f, "auto_now_add", False) or f.attname in unique]
         sets = ", ".join(
             f"{qn(f.column)} = EXCLUDED.{qn(f.column)}" for f in fields if f not in kept
         )
         target = ", ".join(qn(opts.get_field(name).column) for name in conflict)
         tail = f" ON CONFLICT ({target}) DO UPDATE SET {sets}"
-    if returning:
+    if returning and not ignore:
         tail += f" RETURNING {qn(opts.pk.column)}"
     table = qn(opts.db_table)
     statements: list[tuple[list[M], str, list[Any]]] = []
@@ -1191,7 +1214,7 @@ def _insert(
             # WHERE true: without it, ON CONFLICT could read as a join's ON.
             f" FROM jsonb_to_recordset(%s::jsonb) AS x({types}) WHERE true{tail}"
         )
-        document = [{f.column: _json_value(f, row, conflict) for f in fields} for row in rows]
+        document = [{f.column: _json_value(f, row, existing) for f in fields} for row in rows]
         statements.append((rows, sql, [json.dumps(document, default=_json_default)]))
     else:
         per_statement = max(1, (connection.features.max_query_params or 999) // len(fields))
@@ -1201,31 +1224,34 @@ def _insert(
             sql = f"INSERT INTO {table} ({columns}) VALUES "  # noqa: S608
             sql += ", ".join([row_sql] * len(chunk)) + tail
             params = [
-                f.get_db_prep_save(_pre_save(f, row, conflict), connection)
+                f.get_db_prep_save(_pre_save(f, row, existing), connection)
                 for row in chunk
                 for f in fields
             ]
             statements.append((chunk, sql, params))
+    inserted: list[Any] = []
     with connection.cursor() as cursor:
         for chunk, sql, params in statements:
             cursor.execute(sql, params)
-            if returning:
+            if ignore:
+                inserted += [value for (value,) in cursor.fetchall()]
+            elif returning:
                 for row, (pk,) in zip(chunk, cursor.fetchall(), strict=True):
                     row.pk = pk
                     row._state.adding = False
-    return rows
+    return inserted if ignore else rows
 
 
-def _pre_save(field: models.Field, row: models.Model, conflict: list[str] | None) -> Any:
-    """The value of ``field`` to write: ``auto_now`` stamped; a row written back keeps its
-    ``auto_now_add`` value."""
-    if conflict and getattr(field, "auto_now_add", False):
+def _pre_save(field: models.Field, row: models.Model, existing: bool) -> Any:
+    """The value of ``field`` to write: ``auto_now`` stamped; an ``existing`` row written back
+    keeps its ``auto_now_add`` value."""
+    if existing and getattr(field, "auto_now_add", False):
         return getattr(row, field.attname)
     return field.pre_save(row, True)
 
 
-def _json_value(field: models.Field, row: models.Model, conflict: list[str] | None) -> Any:
-    value = _pre_save(field, row, conflict)
+def _json_value(field: models.Field, row: models.Model, existing: bool) -> Any:
+    value = _pre_save(field, row, existing)
     if value is None or isinstance(field, models.JSONField) or type(value) in _JSON_READY:
         return value  # written as it is (Decimal and datetime through _json_default)
     return field.get_db_prep_save(value, connection)

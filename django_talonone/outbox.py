@@ -279,14 +279,8 @@ def drain(key: str | None = None, *, client: IntegrationClient | None = None) ->
     """
     if int(settings.BATCH_SIZE) <= 1:
         return process_key(key, client=client) if key else process_due()
-    client = client or get_client()
-    finished = 0
-    while finished < MAX_ROWS_PER_CALL:
-        done, claimed = process_batch(client=client)
-        finished += done
-        if not claimed:
-            return finished
-    if settings.DISPATCH == "celery" and key:
+    finished, more = _drain_batches(client or get_client(), MAX_ROWS_PER_CALL)
+    if more and settings.DISPATCH == "celery" and key:
         dispatch(key)
     return finished
 
@@ -302,22 +296,66 @@ def process_batch(
     :func:`process_key` (which folds them); heads that are not plain cart updates, or whose last
     try may have been applied, are sent and mirrored one at a time as :func:`run` does.
     """
-    size = int(size or settings.BATCH_SIZE)
     client = client or get_client()
+    batch = _start_batch(client, int(size or settings.BATCH_SIZE))
+    if batch is None:
+        return 0, 0
+    return _complete_batch(batch, client), batch.claimed
+
+
+@dataclass
+class _Batch:
+    """A claimed batch whose plain cart updates are being sent (``sending``: their results, or
+    the iterator that waits for them)."""
+
+    token: str
+    claimed: int
+    finished: int
+    keys: list[str]
+    sending: Iterable[tuple[Push, Any, Exception | None]]
+
+
+def _drain_batches(client: IntegrationClient, limit: int) -> tuple[int, bool]:
+    """Batches until nothing is due or ``limit`` rows were claimed; returns (rows finished,
+    whether the limit stopped it). While one batch's requests are out, the next batch is claimed
+    and its requests sent, so the mirror of one overlaps the round trips of the next."""
+    size = int(settings.BATCH_SIZE)
+    finished = claimed = 0
+    current = _start_batch(client, size)
+    while current is not None:
+        claimed += current.claimed
+        try:
+            upcoming = _start_batch(client, size) if claimed < limit else None
+        finally:
+            # Whatever happened claiming the next batch, this one's answers are mirrored.
+            finished += _complete_batch(current, client)
+        current = upcoming
+    return finished, claimed >= limit
+
+
+def _start_batch(client: IntegrationClient, size: int) -> _Batch | None:
+    """Claim a batch; send and mirror at once what cannot go together; start sending the rest."""
     claimed, token, folding = _claim_batch(size)
+    if not claimed and not folding:
+        return None
     finished = 0
-    keys = [push.key for push in claimed] + folding
-    with _processing_all(keys):
-        together: list[Push] = []
+    together: list[Push] = []
+    with _processing_all([push.key for push in claimed]):
         for push in claimed:
             if _batchable(push):
                 together.append(push)
             elif run(push, token, client=client).outcome in ("done", "failed", "dead"):
                 finished += 1
-        finished += _run_together(together, token, client)
     for key in folding:
         finished += process_key(key, client=client)
-    return finished, len(claimed) + len(folding)
+    keys = [push.key for push in together]
+    return _Batch(token, len(claimed) + len(folding), finished, keys, _send_all(together, client))
+
+
+def _complete_batch(batch: _Batch, client: IntegrationClient) -> int:
+    """Wait for the batch's answers and mirror them; returns how many rows were finished."""
+    with _processing_all(batch.keys):
+        return batch.finished + _run_together(list(batch.sending), batch.token, client)
 
 
 def claim(key: str) -> tuple[Push, str, list[int]] | None:
@@ -572,14 +610,7 @@ def process_due(*, limit: int = 10_000) -> int:
     returns how many rows were finished."""
     if int(settings.BATCH_SIZE) <= 1:
         return sum(process_key(key) for key in list(due_keys(limit=limit)))
-    client = get_client()
-    finished = 0
-    while finished < limit:
-        done, claimed = process_batch(client=client)
-        finished += done
-        if not claimed:
-            break
-    return finished
+    return _drain_batches(get_client(), limit)[0]
 
 
 def retry_dead(
@@ -871,13 +902,15 @@ def _batchable(push: Push) -> bool:
     return bool(args) and isinstance(args[0], str) and push.key == session_key(args[0])
 
 
-def _run_together(pushes: list[Push], token: str, client: IntegrationClient) -> int:
-    """Send claimed plain cart updates and mirror their answers in one transaction; returns how
-    many were finished. If that transaction fails, each answer is mirrored on its own as
-    :func:`run` does, so an answer the mirror cannot take costs only its own row."""
+def _run_together(
+    results: list[tuple[Push, Any, Exception | None]], token: str, client: IntegrationClient
+) -> int:
+    """Mirror the answers to claimed plain cart updates in one transaction and record the errors;
+    returns how many rows were finished. If that transaction fails, each answer is mirrored on its
+    own as :func:`run` does, so an answer the mirror cannot take costs only its own row."""
     answered: list[tuple[Push, Any]] = []
     finished = 0
-    for push, answer, exc in _send_all(pushes, client):
+    for push, answer, exc in results:
         if exc is not None:
             if not isinstance(exc, TalonOneError):
                 logger.error(
@@ -945,10 +978,11 @@ def _run_together(pushes: list[Push], token: str, client: IntegrationClient) -> 
 
 def _send_all(
     pushes: list[Push], client: IntegrationClient
-) -> list[tuple[Push, Any, Exception | None]]:
-    """Send pushes of distinct keys, up to ``TALONONE["SEND_CONCURRENCY"]`` at a time; returns
-    (push, answer, error) for each, in the order given. Only HTTP happens in the other threads:
-    the database is left to the calling thread."""
+) -> Iterable[tuple[Push, Any, Exception | None]]:
+    """Send pushes of distinct keys, up to ``TALONONE["SEND_CONCURRENCY"]`` at a time in other
+    threads; returns (push, answer, error) for each, in the order given: with more than one
+    thread, an iterator that waits for them (the requests are under way when this returns).
+    Only HTTP happens in the other threads: the database is left to the calling thread."""
 
     def send(push: Push) -> tuple[Push, Any, Exception | None]:
         try:
@@ -959,7 +993,7 @@ def _send_all(
     width = min(int(settings.SEND_CONCURRENCY), len(pushes))
     if width <= 1:
         return [send(push) for push in pushes]
-    return list(_sender_pool(width).map(send, pushes))
+    return _sender_pool(width).map(send, pushes)
 
 
 def _sender_pool(width: int) -> concurrent.futures.ThreadPoolExecutor:
