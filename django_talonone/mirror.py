@@ -173,6 +173,7 @@ def _mirror_sessions(items: Sequence[SessionAnswer], ids: list[str]) -> list[Cus
     profiles, fresh = _lock_rows(CustomerProfile, sorted({p for p in profile_of.values() if p}))
     programs_of: dict[str, dict[int, Mapping[str, Any]]] = {}
     dirty_profiles: dict[int, CustomerProfile] = {}
+    audiences: dict[int, tuple[CustomerProfile, list[Any], bool]] = {}
     for item in items:
         session, profile_id = sessions[item.session_id], profile_of[item.session_id]
         if not profile_id:
@@ -182,7 +183,9 @@ def _mirror_sessions(items: Sequence[SessionAnswer], ids: list[str]) -> list[Cus
         # Created here: no memberships to read for the first answer; later ones must look.
         first = profile_id in fresh
         fresh.discard(profile_id)
-        if _update_profile(session, profile, item.answer, item.order, now, fresh=first):
+        if _update_profile(
+            session, profile, item.answer, item.order, now, fresh=first, audiences=audiences
+        ):
             dirty_profiles[profile.pk] = profile
         programs = _loyalty_programs(item.answer.get("loyalty"))
         if programs:
@@ -191,6 +194,8 @@ def _mirror_sessions(items: Sequence[SessionAnswer], ids: list[str]) -> list[Cus
     balances_of: dict[str, list[LoyaltyBalance]] = {}
     changed_members: dict[int, LoyaltyMembership] = {}
     dirty_balances: dict[int, LoyaltyBalance] = {}
+    new_members: list[LoyaltyMembership] = []
+    new_balances: list[LoyaltyBalance] = []
     if programs_of:
         loyal = {profiles[profile_of[sid]].pk for sid in programs_of}
         members: dict[int, dict[int, LoyaltyMembership]] = {pk: {} for pk in loyal}
@@ -203,10 +208,10 @@ def _mirror_sessions(items: Sequence[SessionAnswer], ids: list[str]) -> list[Cus
             ledgers[balance.profile_id][(balance.program_id, balance.subledger_id)] = balance
         for sid, programs in programs_of.items():
             profile = profiles[profile_of[sid]]
-            for member in _apply_memberships(profile, programs, members[profile.pk]):
+            for member in _apply_memberships(profile, programs, members[profile.pk], new_members):
                 changed_members[member.pk] = member
             rows, dirty = _apply_balances(
-                profile, _ledgers_wanted(programs, now), ledgers[profile.pk]
+                profile, _ledgers_wanted(programs, now), ledgers[profile.pk], new_balances
             )
             dirty_balances.update((balance.pk, balance) for balance, _fields in dirty)
             balances_of[sid] = rows
@@ -232,8 +237,11 @@ def _mirror_sessions(items: Sequence[SessionAnswer], ids: list[str]) -> list[Cus
         CartItem.objects.filter(session_id__in=list(carts)).delete()
         _insert(CartItem, [row for rows in carts.values() for row in rows])
     _upsert(CustomerProfile, dirty_profiles.values(), ["integration_id"])
+    _replace_audiences_many(audiences, now)
+    _insert(LoyaltyMembership, new_members)
     for member in changed_members.values():
         member.save(update_fields=["joined", "raw"])
+    _insert(LoyaltyBalance, new_balances, returning=True)
     _upsert(LoyaltyBalance, dirty_balances.values(), ["profile", "program_id", "subledger_id"])
     by_old: dict[str, list[int]] = {"delete": [], "retire": []}
     for sid, plan in plans.items():
@@ -654,13 +662,14 @@ def _update_profile(
     now: Any,
     *,
     fresh: bool,
+    audiences: dict[int, tuple[CustomerProfile, list[Any], bool]] | None = None,
 ) -> bool:
     """Attach ``profile`` to the session and copy the answer's profile part onto it; True when
-    the profile row needs saving."""
+    the profile row needs saving. ``audiences``: as for :func:`_apply_profile`."""
     data = answer.get("customerProfile")
     changed = False
     if isinstance(data, Mapping) and data:
-        _apply_profile(profile, data, now, fresh=fresh)
+        _apply_profile(profile, data, now, fresh=fresh, audiences=audiences)
         profile.synced_at = now
         changed = True
     if order is not None and profile.user_id is None:
@@ -837,11 +846,17 @@ def _coupon_code(
 
 
 def _apply_profile(
-    profile: CustomerProfile, data: Mapping[str, Any], now: Any, *, fresh: bool = False
+    profile: CustomerProfile,
+    data: Mapping[str, Any],
+    now: Any,
+    *,
+    fresh: bool = False,
+    audiences: dict[int, tuple[CustomerProfile, list[Any], bool]] | None = None,
 ) -> None:
     """Copy a CustomerProfile / AudienceCustomer payload onto the row and its audiences.
 
     ``fresh``: the row was created in this transaction, so it has no memberships yet.
+    ``audiences``: collect the membership change here (by profile pk) instead of writing it.
     """
     profile.talon_id = _int(data.get("id")) or profile.talon_id
     profile.account_id = _int(data.get("accountId")) or profile.account_id
@@ -866,16 +881,17 @@ def _apply_profile(
     memberships = data.get("audienceMemberships")
     # Only the mirror writes memberships, so an unchanged list needs no queries.
     if isinstance(memberships, list) and memberships != previous and (memberships or not fresh):
-        _replace_audiences(profile, memberships, now, fresh=fresh)
+        if audiences is None:
+            _replace_audiences(profile, memberships, now, fresh=fresh)
+        else:
+            earlier = audiences.get(profile.pk)
+            audiences[profile.pk] = (profile, memberships, earlier[2] if earlier else fresh)
 
 
 def _replace_audiences(
     profile: CustomerProfile, memberships: list[Any], now: Any, *, fresh: bool = False
 ) -> None:
-    wanted: dict[int, str] = {}
-    for membership in memberships:
-        if isinstance(membership, Mapping) and _int(membership.get("id")) is not None:
-            wanted[_int(membership["id"])] = str(membership.get("name") or "")[:500]
+    wanted = _wanted_audiences(memberships)
     present: set[int] = set()
     if not fresh:
         profile.audience_memberships.exclude(audience__talon_id__in=list(wanted)).delete()
@@ -889,6 +905,69 @@ def _replace_audiences(
             _get_or_create(
                 AudienceMembership, {"profile": profile, "audience": audience}, {"synced_at": now}
             )
+
+
+def _wanted_audiences(memberships: list[Any]) -> dict[int, str]:
+    """Audience names by Talon.One audience id, from an ``audienceMemberships`` list."""
+    wanted: dict[int, str] = {}
+    for membership in memberships:
+        if isinstance(membership, Mapping) and _int(membership.get("id")) is not None:
+            wanted[_int(membership["id"])] = str(membership.get("name") or "")[:500]
+    return wanted
+
+
+def _replace_audiences_many(
+    changes: dict[int, tuple[CustomerProfile, list[Any], bool]], now: Any
+) -> None:
+    """:func:`_replace_audiences` for many profiles at once (profile pk → (profile, memberships,
+    fresh)), in a fixed number of statements."""
+    if not changes:
+        return
+    if connection.vendor not in ("postgresql", "sqlite") or not (
+        connection.features.can_return_rows_from_bulk_insert
+    ):
+        for profile, memberships, fresh in changes.values():
+            _replace_audiences(profile, memberships, now, fresh=fresh)
+        return
+    wanted = {pk: _wanted_audiences(memberships) for pk, (_p, memberships, _f) in changes.items()}
+    names: dict[int, str] = {}
+    for found in wanted.values():
+        names.update(found)
+    audiences = {a.talon_id: a for a in Audience.objects.filter(talon_id__in=list(names))}
+    missing = [Audience(talon_id=t, name=names[t]) for t in names if t not in audiences]
+    if missing:
+        _insert(Audience, missing, conflict=["talon_id"], ignore=True)
+        audiences.update(
+            (a.talon_id, a)
+            for a in Audience.objects.filter(talon_id__in=[a.talon_id for a in missing])
+        )
+    renamed = []
+    for talon_id, name in names.items():
+        audience = audiences[talon_id]
+        if name and audience.name != name:
+            audience.name = name
+            renamed.append(audience)
+    _upsert(Audience, renamed, ["talon_id"])
+    known = [pk for pk, (_p, _m, fresh) in changes.items() if not fresh]
+    present: set[tuple[int, int]] = set()
+    if known:
+        stale = Q()
+        for pk in known:
+            keep = [audiences[t].pk for t in wanted[pk]]
+            stale |= Q(profile_id=pk) & ~Q(audience_id__in=keep)
+        AudienceMembership.objects.filter(stale).delete()
+        present = set(
+            AudienceMembership.objects.filter(profile_id__in=known).values_list(
+                "profile_id", "audience_id"
+            )
+        )
+    joining = [
+        AudienceMembership(profile_id=pk, audience_id=audiences[t].pk, synced_at=now)
+        for pk, found in wanted.items()
+        for t in found
+        if (pk, audiences[t].pk) not in present
+    ]
+    _insert(AudienceMembership, joining, conflict=["profile", "audience"], ignore=True)
 
 
 def _link_user(profile: CustomerProfile, user: Any) -> None:
@@ -979,20 +1058,26 @@ def _apply_memberships(
     profile: CustomerProfile,
     programs: dict[int, Mapping[str, Any]],
     members: dict[int, LoyaltyMembership],
+    new: list[LoyaltyMembership] | None = None,
 ) -> list[LoyaltyMembership]:
     """Bring the profile's memberships (``members``, by program) in line with ``programs``:
-    a missing one is created at once; returns those whose ``joined`` or ``raw`` changed."""
+    a missing one is created at once (or, given ``new``, left unsaved there for the caller to
+    insert); returns the saved ones whose ``joined`` or ``raw`` changed."""
     changed = []
     for program_id, fields in _membership_fields(programs).items():
         joined, raw = fields["joined"], fields["raw"]
         member = members.get(program_id)
-        if member is None:
+        if member is None and new is not None:
+            member = LoyaltyMembership(profile=profile, program_id=program_id, **fields)
+            new.append(member)
+        elif member is None:
             lookup = {"profile": profile, "program_id": program_id}
             member, _created = _get_or_create(LoyaltyMembership, lookup, fields)
-            members[program_id] = member
+        members[program_id] = member
         if (member.joined, member.raw) != (joined or member.joined, raw):
             member.joined, member.raw = joined or member.joined, raw
-            changed.append(member)
+            if member.pk is not None:
+                changed.append(member)
     return changed
 
 
@@ -1090,14 +1175,24 @@ def _apply_balances(
     profile: CustomerProfile,
     wanted: dict[tuple[int, str], dict[str, Any]],
     existing: dict[tuple[int, str], LoyaltyBalance],
+    new: list[LoyaltyBalance] | None = None,
 ) -> tuple[list[LoyaltyBalance], list[tuple[LoyaltyBalance, list[str]]]]:
     """Set ``wanted`` on the profile's ``existing`` balances (by program and subledger); a
-    missing one is created at once. Returns every balance written and the existing ones still to
-    save, with the fields that were set."""
+    missing one is created at once (or, given ``new``, left unsaved there for the caller to
+    insert). Returns every balance written and the saved ones still to save, with the fields that
+    were set."""
     rows = []
     dirty = []
     for (program_id, subledger_id), fields in wanted.items():
         balance = existing.get((program_id, subledger_id))
+        if balance is None and new is not None:
+            balance = LoyaltyBalance(
+                profile=profile, program_id=program_id, subledger_id=subledger_id, **fields
+            )
+            existing[(program_id, subledger_id)] = balance
+            new.append(balance)
+            rows.append(balance)
+            continue
         if balance is None:
             lookup = {"profile": profile, "program_id": program_id, "subledger_id": subledger_id}
             balance, created = _get_or_create(LoyaltyBalance, lookup, fields, lock=True)
@@ -1107,7 +1202,8 @@ def _apply_balances(
                 continue
         for name, value in fields.items():
             setattr(balance, name, value)
-        dirty.append((balance, list(fields)))
+        if balance.pk is not None:
+            dirty.append((balance, list(fields)))
         rows.append(balance)
     return rows, dirty
 
