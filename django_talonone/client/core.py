@@ -80,7 +80,10 @@ class IntegrationClient(OperationsMixin):
             # trust_env is on; read them once here instead, so HTTPS_PROXY etc. still apply.
             self._proxies = requests.utils.get_environ_proxies(self.base_url)
             session.trust_env = False
-            self._verify: bool | str = _environ_ca_bundle() or True
+            # Without TLS (http:// and no proxy) no certificate is checked, but requests would
+            # still stat a CA bundle path on every request.
+            plain = self.base_url.lower().startswith("http://") and not self._proxies
+            self._verify: bool | str = (None if plain else _environ_ca_bundle()) or True
         else:
             self._proxies = {}
             self._verify = session.verify if session.verify is not None else True

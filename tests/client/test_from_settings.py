@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from typing import Any
@@ -240,3 +241,21 @@ def test_ca_bundle_is_read_once(rsps: Any, clean_env: Any, tmp_path: Any) -> Non
     rsps.add("GET", ANY_URL, json={"effects": []})
     client.get_customer_session("s")
     assert rsps.calls[0].request.req_kwargs["verify"] == str(bundle)
+
+
+def test_plain_http_without_a_proxy_looks_up_no_ca_bundle(
+    rsps: Any, clean_env: Any, tmp_path: Any
+) -> None:
+    # requests stats the bundle on every request; over plain HTTP nothing is verified anyway.
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("")
+    clean_env.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    client = IntegrationClient("http://127.0.0.1:9", API_KEY)
+    rsps.add("GET", re.compile(r"http://127\.0\.0\.1:9/.*"), json={"effects": []})
+    client.get_customer_session("s")
+    assert rsps.calls[0].request.req_kwargs["verify"] is True
+    # Through a proxy (which may speak TLS itself) the bundle still applies.
+    clean_env.setenv("HTTP_PROXY", "https://proxy.internal:3129")
+    proxied = IntegrationClient("http://127.0.0.1:9", API_KEY)
+    proxied.get_customer_session("s")
+    assert rsps.calls[1].request.req_kwargs["verify"] == str(bundle)
