@@ -159,7 +159,7 @@ def _mirror_sessions(items: Sequence[SessionAnswer], ids: list[str]) -> list[Cus
     now = timezone.now()
     sessions, _created = _lock_rows(CustomerSession, ids)
     previous = {sid: sessions[sid].state for sid in ids}
-    carts: dict[int, list[CartItem]] = {}
+    carts: dict[int, list[dict[str, Any]]] = {}
     for item in items:
         session = sessions[item.session_id]
         cart = _apply_answer(session, item.answer, item.sent or {}, now)
@@ -263,10 +263,16 @@ def _mirror_sessions(items: Sequence[SessionAnswer], ids: list[str]) -> list[Cus
         Effect.objects.filter(session_id__in=reevaluate, is_current=True).update(
             evaluation=Subquery(count[:1])
         )
-    for item in items:
-        sid = item.session_id
-        profile = profiles[profile_of[sid]] if balances_of.get(sid) else None
-        _announce(sessions[sid], plans[sid].current, profile)
+    # One commit callback for the batch sends every signal, in the order given.
+    announcements = [
+        (
+            sessions[sid],
+            plans[sid].current,
+            profiles[profile_of[sid]] if balances_of.get(sid) else None,
+        )
+        for sid in ids
+    ]
+    transaction.on_commit(lambda: _announce_now(announcements))
     return [sessions[sid] for sid in ids]
 
 
@@ -492,6 +498,15 @@ def _announce(
         _send_on_commit(signals.loyalty_updated, CustomerProfile, profile=profile)
 
 
+def _announce_now(
+    announcements: list[tuple[CustomerSession, list[Effect], CustomerProfile | None]],
+) -> None:
+    for session, effects, profile in announcements:
+        _send(signals.effects_updated, CustomerSession, session=session, effects=effects)
+        if profile is not None:
+            _send(signals.loyalty_updated, CustomerProfile, profile=profile)
+
+
 def _apply_session(session: CustomerSession, data: Mapping[str, Any], now: Any) -> list[Any] | None:
     """Copy a CustomerSessionV2 onto the row; returns the cart lines to write (None: unchanged)."""
     cart = None
@@ -597,22 +612,23 @@ def _replace_cart_items(
     _insert(CartItem, _cart_rows(session, items))
 
 
-def _cart_rows(session: CustomerSession, items: list[Any]) -> list[CartItem]:
-    """Unsaved :class:`CartItem` rows for the ``cartItems`` of a session (position = index)."""
+def _cart_rows(session: CustomerSession, items: list[Any]) -> list[dict[str, Any]]:
+    """:class:`CartItem` column values (by attname) for the ``cartItems`` of a session
+    (position = index); plain dicts, as nothing reads the rows back as models."""
     return [
-        CartItem(
-            session=session,
-            position=position,
-            sku=str(item.get("sku") or "")[:255],
-            name=str(item.get("name") or "")[:500],
-            quantity=_int(item.get("quantity")) or 0,
-            returned_quantity=_int(item.get("returnedQuantity")) or 0,
-            remaining_quantity=_int(item.get("remainingQuantity")),
-            price=None if item.get("price") is None else _decimal(item.get("price")),
-            category=str(item.get("category") or "")[:255],
-            attributes=dict(item.get("attributes") or {}),
-            raw=dict(item),
-        )
+        {
+            "session_id": session.pk,
+            "position": position,
+            "sku": str(item.get("sku") or "")[:255],
+            "name": str(item.get("name") or "")[:500],
+            "quantity": _int(item.get("quantity")) or 0,
+            "returned_quantity": _int(item.get("returnedQuantity")) or 0,
+            "remaining_quantity": _int(item.get("remainingQuantity")),
+            "price": None if item.get("price") is None else _decimal(item.get("price")),
+            "category": str(item.get("category") or "")[:255],
+            "attributes": dict(item.get("attributes") or {}),
+            "raw": dict(item),
+        }
         for position, item in enumerate(items)
         if isinstance(item, Mapping)
     ]
@@ -1254,7 +1270,7 @@ def _upsert(model: type[M], rows: Iterable[M], unique_fields: list[str]) -> None
 
 def _insert(
     model: type[M],
-    rows: list[M],
+    rows: list[Any],
     *,
     conflict: list[str] | None = None,
     ignore: bool = False,
@@ -1263,7 +1279,8 @@ def _insert(
     """INSERT new rows (their pks set when ``returning``), or with ``conflict`` write existing
     rows back by those unique fields, in as few multi-row statements as the database takes.
     With ``ignore``, rows that hit ``conflict`` are skipped instead, and the value of the first
-    ``conflict`` field of each row inserted is returned (PostgreSQL and SQLite only).
+    ``conflict`` field of each row inserted is returned (PostgreSQL and SQLite only). ``rows``
+    are model instances, or for a plain INSERT dicts of values by attname.
 
     Django's bulk_create does the same, but on PostgreSQL it sends many rows as one array per
     column, and with client-side binding (psycopg 3's default in Django) every double quote in a
@@ -1277,6 +1294,7 @@ def _insert(
     if vendor not in ("postgresql", "sqlite") or ((returning or ignore) and not can_return):
         if ignore:
             raise NotImplementedError("_insert(ignore=True) needs PostgreSQL or SQLite 3.35+")
+        rows = [model(**row) if isinstance(row, dict) else row for row in rows]
         if conflict:
             _upsert_with_django(model, rows, conflict)
             return rows
@@ -1338,15 +1356,17 @@ def _insert(
     return inserted if ignore else rows
 
 
-def _pre_save(field: models.Field, row: models.Model, existing: bool) -> Any:
+def _pre_save(field: models.Field, row: models.Model | dict[str, Any], existing: bool) -> Any:
     """The value of ``field`` to write: ``auto_now`` stamped; an ``existing`` row written back
-    keeps its ``auto_now_add`` value."""
+    keeps its ``auto_now_add`` value. A dict row gives values by attname (default: the field's)."""
+    if isinstance(row, dict):
+        return row[field.attname] if field.attname in row else field.get_default()
     if existing and getattr(field, "auto_now_add", False):
         return getattr(row, field.attname)
     return field.pre_save(row, True)
 
 
-def _json_value(field: models.Field, row: models.Model, existing: bool) -> Any:
+def _json_value(field: models.Field, row: models.Model | dict[str, Any], existing: bool) -> Any:
     value = _pre_save(field, row, existing)
     if value is None or isinstance(field, models.JSONField) or type(value) in _JSON_READY:
         return value  # written as it is (Decimal and datetime through _json_default)
