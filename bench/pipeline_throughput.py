@@ -621,9 +621,15 @@ def _print_row(r: Result) -> None:
 
 def _cpu_by_process() -> dict[str, float]:
     """CPU seconds (user + system) used so far by the processes of the run, grouped: the
-    workers, the sandbox, PostgreSQL, Redis and this script (Linux /proc; empty elsewhere)."""
+    workers (the pool processes that run the tasks), their worker node (the parent), the
+    sandbox, PostgreSQL, Redis and this script (Linux /proc; empty elsewhere)."""
     ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     found: dict[str, float] = {}
+    celery: set[str] = set()
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if b"celery" in (entry / "cmdline").read_bytes():
+                celery.add(entry.name)
     for entry in Path("/proc").glob("[0-9]*"):
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -633,7 +639,8 @@ def _cpu_by_process() -> dict[str, float]:
         if int(entry.name) == os.getpid():
             name = "bench"
         elif "celery" in cmdline:
-            name = "workers"
+            # The pool's processes run the tasks; their parent takes the messages from Redis.
+            name = "workers" if fields[1] in celery else "worker node"
         elif "django_talonone.sandbox" in cmdline:
             name = "sandbox"
         elif cmdline.startswith("postgres"):

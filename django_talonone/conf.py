@@ -36,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "TASK_OPTIONS": {},
     # Pushes a worker claims, sends and mirrors together (heads of distinct keys); 1 = one key at
     # a time.
-    "BATCH_SIZE": 100,
+    "BATCH_SIZE": 200,
     # Requests a worker keeps in flight at once while sending a batch (distinct keys only).
     "SEND_CONCURRENCY": 4,
     # Attempts before a push is dead-lettered; retry delays grow from BASE to MAX (seconds).

@@ -22,6 +22,7 @@ import os
 import random
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -319,18 +320,45 @@ def _drain_batches(client: IntegrationClient, limit: int) -> tuple[int, bool]:
     """Batches until nothing is due or ``limit`` rows were claimed; returns (rows finished,
     whether the limit stopped it). While one batch's requests are out, the next batch is claimed
     and its requests sent, so the mirror of one overlaps the round trips of the next."""
-    size = int(settings.BATCH_SIZE)
     finished = claimed = 0
-    current = _start_batch(client, size)
+    current = _start_batch(client, _batch_size())
     while current is not None:
         claimed += current.claimed
         try:
-            upcoming = _start_batch(client, size) if claimed < limit else None
+            upcoming = _start_batch(client, _batch_size()) if claimed < limit else None
         finally:
             # Whatever happened claiming the next batch, this one's answers are mirrored.
             finished += _complete_batch(current, client)
         current = upcoming
     return finished, claimed >= limit
+
+
+def _batch_size() -> int:
+    """Rows for the next batch: about what the sending threads get through in
+    ``BATCH_SECONDS``, going by this process's recent round trips, within [SEND_CONCURRENCY,
+    BATCH_SIZE]. With slow answers a worker thus claims little at a time, and the other workers
+    get their share of a backlog."""
+    most = int(settings.BATCH_SIZE)
+    width = max(1, int(settings.SEND_CONCURRENCY))
+    if _round_trip.seconds is None:
+        return min(most, 4 * width)  # nothing measured yet: start small
+    fits = int(width * BATCH_SECONDS / max(_round_trip.seconds, 1e-6))
+    return max(min(most, width), min(most, fits))
+
+
+@dataclass
+class _RoundTrip:
+    """A moving average of how long one request of a batch took, in this process."""
+
+    seconds: float | None = None
+
+    def add(self, seconds: float) -> None:
+        self.seconds = seconds if self.seconds is None else 0.8 * self.seconds + 0.2 * seconds
+
+
+_round_trip = _RoundTrip()
+#: A batch is about this many seconds of sending (see _batch_size).
+BATCH_SECONDS = 0.1
 
 
 def _start_batch(client: IntegrationClient, size: int) -> _Batch | None:
@@ -985,10 +1013,13 @@ def _send_all(
     Only HTTP happens in the other threads: the database is left to the calling thread."""
 
     def send(push: Push) -> tuple[Push, Any, Exception | None]:
+        started = time.monotonic()
         try:
             return push, _send(push, client), None
         except Exception as exc:
             return push, None, exc
+        finally:
+            _round_trip.add(time.monotonic() - started)
 
     width = min(int(settings.SEND_CONCURRENCY), len(pushes))
     if width <= 1:

@@ -68,6 +68,9 @@ class FakeTalon:
     #: for one of them meanwhile: Talon.One would have answered it 409.
     in_progress: set[str] = field(default_factory=set)
     parallel: list[str] = field(default_factory=list)
+    #: The most requests (of any entities) that were being answered at once.
+    max_in_flight: int = 0
+    _in_flight: int = 0
     #: Seconds each answer takes (widens the window in which a parallel request would show).
     latency: float = 0.0
 
@@ -114,6 +117,8 @@ class FakeTalon:
                 if entity in self.in_progress:
                     self.parallel.append(entity)
                 self.in_progress.add(entity)
+                self._in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self._in_flight)
             try:
                 if self.latency:
                     time.sleep(self.latency)
@@ -121,6 +126,7 @@ class FakeTalon:
             finally:
                 with _lock:
                     self.in_progress.discard(entity)
+                    self._in_flight -= 1
 
         return callback
 
