@@ -112,7 +112,7 @@ class Result:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=2000, help="pushes per 0 ms scenario (2000)")
-    parser.add_argument("--n-latency", type=int, default=300, help="pushes per 50 ms scenario")
+    parser.add_argument("--n-latency", type=int, default=600, help="pushes per 50 ms scenario")
     parser.add_argument("--latency-ms", type=float, default=50.0, help="injected latency (50)")
     parser.add_argument("--workers", default="1,4", help="worker counts to compare (1,4)")
     parser.add_argument(

@@ -362,6 +362,7 @@ def check_pipeline(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         *_check_timeouts(get("EVALUATE_TIMEOUT"), get("IN_FLIGHT_TIMEOUT"), get("TIMEOUT")),
         *_check_response_content(get("RESPONSE_CONTENT")),
         *_check_program_ids(get("LOYALTY_PROGRAM_IDS")),
+        *_check_batches(get("BATCH_SIZE"), get("SEND_CONCURRENCY")),
     ]
 
 
@@ -520,3 +521,26 @@ def _check_program_ids(value: Any) -> list[checks.CheckMessage]:
             id="talonone.E039",
         )
     ]
+
+
+def _check_batches(size: Any, width: Any) -> list[checks.CheckMessage]:
+    found = []
+    for name, value, most, hint in (
+        ("BATCH_SIZE", size, 1000, "1 sends one key at a time; the default is 200."),
+        (
+            "SEND_CONCURRENCY",
+            width,
+            64,
+            "It is how many requests one worker keeps in flight (for different keys); "
+            "the default is 4.",
+        ),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+            found.append(
+                checks.Error(
+                    f'TALONONE["{name}"] must be an integer from 1 to {most}, got {value!r}.',
+                    hint=hint,
+                    id="talonone.E040",
+                )
+            )
+    return found

@@ -289,6 +289,7 @@ def test_the_defaults_pass(settings):
     assert ids(settings) == []
     assert ids(settings, DISPATCH="celery", TASK_OPTIONS={"queue": "t"}, RATE_LIMIT=25.5) == []
     assert ids(settings, RESPONSE_CONTENT=[], LOYALTY_PROGRAM_IDS=[3, 4]) == []
+    assert ids(settings, BATCH_SIZE=1, SEND_CONCURRENCY=16) == []
 
 
 @pytest.mark.parametrize(
@@ -315,6 +316,10 @@ def test_the_defaults_pass(settings):
         ({"RESPONSE_CONTENT": "customerSession"}, ["talonone.E038"]),
         ({"LOYALTY_PROGRAM_IDS": ["5"]}, ["talonone.E039"]),
         ({"LOYALTY_PROGRAM_IDS": 5}, ["talonone.E039"]),
+        ({"BATCH_SIZE": 0}, ["talonone.E040"]),
+        ({"BATCH_SIZE": 5000}, ["talonone.E040"]),
+        ({"SEND_CONCURRENCY": "4"}, ["talonone.E040"]),
+        ({"SEND_CONCURRENCY": True}, ["talonone.E040"]),
     ],
 )
 def test_bad_pipeline_settings_are_reported(settings, values, expected):
