@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
@@ -1328,7 +1328,8 @@ def _insert(
             # WHERE true: without it, ON CONFLICT could read as a join's ON.
             f" FROM jsonb_to_recordset(%s::jsonb) AS x({types}) WHERE true{tail}"
         )
-        document = [{f.column: _json_value(f, row, existing) for f in fields} for row in rows]
+        columns_of = [(f.column, _json_column(f, existing)) for f in fields]
+        document = [{column: value(row) for column, value in columns_of} for row in rows]
         statements.append((rows, sql, [json.dumps(document, default=_json_default)]))
     else:
         per_statement = max(1, (connection.features.max_query_params or 999) // len(fields))
@@ -1366,14 +1367,38 @@ def _pre_save(field: models.Field, row: models.Model | dict[str, Any], existing:
     return field.pre_save(row, True)
 
 
-def _json_value(field: models.Field, row: models.Model | dict[str, Any], existing: bool) -> Any:
-    value = _pre_save(field, row, existing)
-    if value is None or isinstance(field, models.JSONField) or type(value) in _JSON_READY:
-        return value  # written as it is (Decimal and datetime through _json_default)
-    return field.get_db_prep_save(value, connection)
+def _json_column(field: models.Field, existing: bool) -> Callable[[Any], Any]:
+    """A function giving ``field``'s value of a row (model or dict) ready for a JSON document:
+    as :func:`_pre_save`, with Decimal and aware datetimes as strings, the rest through the
+    field's own preparation."""
+    attname = field.attname
+    stamped = getattr(field, "auto_now", False) or (
+        getattr(field, "auto_now_add", False) and not existing
+    )
+    as_is = isinstance(field, models.JSONField)
+
+    def value(row: Any) -> Any:
+        if isinstance(row, dict):
+            found = row[attname] if attname in row else field.get_default()
+        elif stamped:
+            found = field.pre_save(row, True)
+        else:
+            found = getattr(row, attname)
+        if found is None or as_is:
+            return found
+        kind = type(found)
+        if kind in _JSON_READY:
+            return found
+        if kind is Decimal:
+            return str(found)
+        if kind is datetime.datetime and found.tzinfo is not None:
+            return found.isoformat()
+        return field.get_db_prep_save(found, connection)
+
+    return value
 
 
-_JSON_READY = frozenset({str, int, bool, float, Decimal})
+_JSON_READY = frozenset({str, int, bool, float})
 
 
 def _json_default(value: Any) -> Any:

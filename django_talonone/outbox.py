@@ -324,11 +324,19 @@ def _drain_batches(client: IntegrationClient, limit: int) -> tuple[int, bool]:
     current = _start_batch(client, _batch_size())
     while current is not None:
         claimed += current.claimed
+        upcoming = None
         try:
             upcoming = _start_batch(client, _batch_size()) if claimed < limit else None
         finally:
-            # Whatever happened claiming the next batch, this one's answers are mirrored.
-            finished += _complete_batch(current, client)
+            # Whatever happened claiming the next batch, this one's answers are mirrored; and if
+            # that fails, the next batch's answers (already on their way) still are.
+            try:
+                finished += _complete_batch(current, client)
+            except BaseException:
+                if upcoming is not None:
+                    with contextlib.suppress(Exception):
+                        _complete_batch(upcoming, client)
+                raise
         current = upcoming
     return finished, claimed >= limit
 

@@ -199,3 +199,29 @@ def test_the_drained_batch_is_what_the_threads_send_in_a_tenth_of_a_second(pipel
         for _ in range(50):
             trips.add(0.0005)
         assert outbox._batch_size() == 200  # never more than BATCH_SIZE
+
+
+def test_a_failing_batch_still_lets_the_next_batch_finish(talon, settings):
+    settings.TALONONE = {**settings.TALONONE, "BATCH_SIZE": 2}
+    for i in range(4):
+        cart(f"s{i}", "A")
+    real = outbox._complete_batch
+    calls = []
+
+    def first_fails(batch: Any, client: Any) -> int:
+        calls.append(batch.keys)
+        if len(calls) == 1:
+            raise RuntimeError("database went away")
+        return real(batch, client)
+
+    with (
+        mock.patch.object(outbox, "_complete_batch", first_fails),
+        pytest.raises(RuntimeError, match="went away"),
+    ):
+        outbox.drain()
+    # The second batch was claimed and sent while the first was being completed: it is done.
+    assert len(calls) == 2
+    done = set(Push.objects.filter(state="done").values_list("key", flat=True))
+    assert done == set(calls[1])
+    # The first batch's rows stay in flight until the sweep takes them back.
+    assert Push.objects.filter(state="in_flight").count() == 2
