@@ -321,12 +321,15 @@ def _drain_batches(client: IntegrationClient, limit: int) -> tuple[int, bool]:
     whether the limit stopped it). While one batch's requests are out, the next batch is claimed
     and its requests sent, so the mirror of one overlaps the round trips of the next."""
     finished = claimed = 0
-    current = _start_batch(client, _batch_size())
+    # Only rows due when the drain began: a row that fails in this drain waits for its retry
+    # time even when the jitter made it tiny, instead of burning its attempts in a tight loop.
+    due_by = timezone.now()
+    current = _start_batch(client, _batch_size(), due_by)
     while current is not None:
         claimed += current.claimed
         upcoming = None
         try:
-            upcoming = _start_batch(client, _batch_size()) if claimed < limit else None
+            upcoming = _start_batch(client, _batch_size(), due_by) if claimed < limit else None
         finally:
             # Whatever happened claiming the next batch, this one's answers are mirrored; and if
             # that fails, the next batch's answers (already on their way) still are.
@@ -369,9 +372,12 @@ _round_trip = _RoundTrip()
 BATCH_SECONDS = 0.1
 
 
-def _start_batch(client: IntegrationClient, size: int) -> _Batch | None:
-    """Claim a batch; send and mirror at once what cannot go together; start sending the rest."""
-    claimed, token, folding = _claim_batch(size)
+def _start_batch(
+    client: IntegrationClient, size: int, due_by: datetime.datetime | None = None
+) -> _Batch | None:
+    """Claim a batch (rows due by ``due_by``, default now); send and mirror at once what cannot
+    go together; start sending the rest."""
+    claimed, token, folding = _claim_batch(size, due_by)
     if not claimed and not folding:
         return None
     finished = 0
@@ -851,15 +857,19 @@ def _coalescible_run(key: str, head: Push) -> list[Push]:
     return run_rows
 
 
-def _claim_batch(size: int) -> tuple[list[Push], str, list[str]]:
-    """Claim the due heads of up to ``size`` keys: (rows now in flight, their claim token, keys
-    left to :func:`process_key` because cart updates wait behind their head to be folded)."""
+def _claim_batch(
+    size: int, due_by: datetime.datetime | None = None
+) -> tuple[list[Push], str, list[str]]:
+    """Claim the heads of up to ``size`` keys due by ``due_by`` (default now): (rows now in
+    flight, their claim token, keys left to :func:`process_key` because cart updates wait behind
+    their head to be folded)."""
     now = timezone.now()
     token = _new_token()
     skip_locked = bool(connection.features.has_select_for_update_skip_locked)
     try:
         with transaction.atomic():
-            stamp = Push._meta.get_field("next_attempt_at").get_db_prep_save(now, connection)
+            due = due_by or now
+            stamp = Push._meta.get_field("next_attempt_at").get_db_prep_save(due, connection)
             heads = list(
                 Push.objects.raw(
                     _statement(_batch_heads_sql, skip_locked),

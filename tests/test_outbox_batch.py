@@ -225,3 +225,19 @@ def test_a_failing_batch_still_lets_the_next_batch_finish(talon, settings):
     assert done == set(calls[1])
     # The first batch's rows stay in flight until the sweep takes them back.
     assert Push.objects.filter(state="in_flight").count() == 2
+
+
+def test_a_row_that_fails_in_a_drain_waits_for_its_retry_even_a_very_short_one(talon, settings):
+    settings.TALONONE = {**settings.TALONONE, "BATCH_SIZE": 2, "SEND_CONCURRENCY": 1}
+    push = cart("s1", "A")
+    for sid in ("s2", "s3", "s4"):
+        cart(sid, "A")
+    talon.fail("update", 503)  # s1's first try (it is sent first)
+    with mock.patch.object(outbox, "retry_delay", return_value=0.0):
+        assert outbox.drain() == 3
+        push.refresh_from_db()
+        assert (push.state, push.attempts) == ("pending", 1)
+        assert [r.ident for r in talon.sent("update")].count("s1") == 1
+        assert outbox.drain() == 1  # a later drain takes it again
+    push.refresh_from_db()
+    assert (push.state, push.attempts) == ("done", 2)
