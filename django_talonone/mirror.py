@@ -216,22 +216,36 @@ def _mirror_sessions(items: Sequence[SessionAnswer], ids: list[str]) -> list[Cus
             dirty_balances.update((balance.pk, balance) for balance, _fields in dirty)
             balances_of[sid] = rows
 
-    current: dict[int, list[Effect]] = {sessions[sid].pk: [] for sid in ids}
-    for effect in Effect.objects.filter(session_id__in=list(current), is_current=True).order_by(
-        "id"
+    # The current sets are compared by their raw dicts; rows are loaded only for sets kept.
+    seen: dict[int, list[Any]] = {sessions[sid].pk: [] for sid in ids}
+    for session_id, raw, evaluation in (
+        Effect.objects.filter(session_id__in=list(seen), is_current=True)
+        .order_by("id")
+        .values_list("session_id", "raw", "evaluation")
     ):
-        current[effect.session_id].append(effect)
+        seen[session_id].append(_SeenEffect(raw, evaluation))
     plans = {}
     for item in items:
         session = sessions[item.session_id]
         _link_order(session, item.order)
         plans[item.session_id] = _plan_effects(
             session,
-            current[session.pk],
+            seen[session.pk],
             item.answer.get("effects") or [],
             previous[item.session_id],
             now,
         )
+    kept = {sessions[sid]: plan for sid, plan in plans.items() if plan.current and not plan.new}
+    if kept:
+        rows: dict[int, list[Effect]] = {session.pk: [] for session in kept}
+        for effect in Effect.objects.filter(session_id__in=list(rows), is_current=True).order_by(
+            "id"
+        ):
+            rows[effect.session_id].append(effect)
+        for session, plan in kept.items():
+            for effect in rows[session.pk]:
+                effect.evaluation = session.update_count  # as the reevaluate UPDATE leaves it
+            plan.current = rows[session.pk]
 
     if carts:
         CartItem.objects.filter(session_id__in=list(carts)).delete()
@@ -727,6 +741,14 @@ def _replace_effects(
 
 
 @dataclass
+class _SeenEffect:
+    """What the batch writer reads of a current effect row to compare it with an answer."""
+
+    raw: Any
+    evaluation: int
+
+
+@dataclass
 class _EffectsPlan:
     """What mirroring an effect set does to a session's current rows.
 
@@ -745,12 +767,13 @@ class _EffectsPlan:
 
 def _plan_effects(
     session: CustomerSession,
-    current: list[Effect],
+    current: list[Any],
     answered: list[Any],
     previous_state: str,
     now: Any,
 ) -> _EffectsPlan:
-    """Decide how ``answered`` replaces ``current`` (the session's current rows, in id order)."""
+    """Decide how ``answered`` replaces ``current`` (the session's current rows, in id order:
+    effects, or anything with their ``raw`` and ``evaluation``)."""
     answered = [effect for effect in answered if isinstance(effect, Mapping)]
     if [row.raw for row in current] == answered:
         # The same set again (a reconciling read, an unchanged cart): no churn, no extra history.
