@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import gc
+import io
 import json
 import math
 import os
+import pstats
 import statistics
 import subprocess
 import sys
@@ -63,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--same-cart", action="store_true", help="the same cart every call")
     parser.add_argument(
         "--queries", action="store_true", help="list the statements of one evaluate_cart call"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also cProfile 200 more evaluate_cart calls and print where their time goes",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--sandbox-url", help=argparse.SUPPRESS)
@@ -111,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
             "value_ms": over["p50_ms"],
             "met": over["p50_ms"] <= GOAL_OVERHEAD_MS,
         }
+        if r.get("profile"):
+            print(f"    cProfile of 200 evaluate_cart calls ({db}):")
+            print(r["profile"])
         if r.get("statements"):
             print("    statements of one evaluate_cart call:")
             for sql in r["statements"]:
@@ -150,6 +161,8 @@ def _run_child(db: str, sandbox_url: str, args: argparse.Namespace) -> dict[str,
         cmd.append("--same-cart")
     if args.queries:
         cmd.append("--queries")
+    if args.profile:
+        cmd.append("--profile")
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"the {db} run failed:\n{proc.stderr[-4000:]}")
@@ -264,7 +277,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_p50_ms": round(stats["evaluate_cart"]["cpu_p50_ms"] - stats["bare"]["cpu_p50_ms"], 3),
         "median_of_pairwise_ms": round(statistics.median(pairs) / 1e6, 3),
     }
-    return {"contenders": stats, "overhead": overhead, "statements": statements}
+    found = {"contenders": stats, "overhead": overhead, "statements": statements}
+    if args.profile:
+        profiler = cProfile.Profile()
+        for i in range(args.warmup + 2 + args.n, args.warmup + 202 + args.n):
+            prepare("evaluate_cart", i)
+            profiler.enable()
+            call_evaluate(i)
+            profiler.disable()
+        out = io.StringIO()
+        stats_of = pstats.Stats(profiler, stream=out).strip_dirs()
+        stats_of.sort_stats("tottime").print_stats(25)
+        stats_of.sort_stats("cumulative").print_stats(40)
+        found["profile"] = out.getvalue()
+    return found
 
 
 def _set_quantity(order: Any, i: int, same: bool) -> None:
