@@ -113,14 +113,8 @@ def mirror_session_answer(
     ``savepoint=False`` saves two round trips when the caller's own transaction wraps the call
     and is rolled back as a whole if it raises (as the outbox's is).
     """
-    return _mirror_session(
-        session_id,
-        answer,
-        order=order,
-        sent_payload=sent_payload,
-        savepoint=savepoint,
-        settled=settled,
-    )
+    item = SessionAnswer(session_id, answer, sent=sent_payload, order=order, settled=settled)
+    return mirror_session_answers([item], savepoint=savepoint)[0]
 
 
 @dataclass
@@ -132,26 +126,29 @@ class SessionAnswer:
     answer: Mapping[str, Any]
     sent: Mapping[str, Any] | None = None
     order: models.Model | None = None
+    settled: Mapping[str, Any] | None = None
 
 
-def mirror_session_answers(items: Sequence[SessionAnswer]) -> list[CustomerSession]:
+def mirror_session_answers(
+    items: Sequence[SessionAnswer], *, savepoint: bool = False
+) -> list[CustomerSession]:
     """Mirror the answers of many sessions at once; returns the sessions in the order given.
 
-    The rows come out as :func:`mirror_session_answer` leaves them, answer after answer (two
-    sessions of one customer: the later answer's profile wins), but each table is read and written
-    in one or two statements for the whole batch. Rows met for the first time (a new session,
-    profile, loyalty membership or balance) and audience changes are written one by one. Returns
-    (``settled``) are not taken: mirror them one at a time.
+    The rows come out as mirroring the answers one after the other would leave them (two
+    sessions of one customer: the later answer's profile wins), but each table is read and
+    written in one or two statements for the whole batch. :func:`mirror_session_answer` is this
+    with a batch of one.
 
-    Runs in one transaction: the caller's if there is one (no savepoint: an error must roll the
-    caller's transaction back), else its own. One answer per session.
+    Runs in one transaction: the caller's if there is one, else its own. With ``savepoint`` an
+    error rolls back only this call's work; without, the caller's transaction must be rolled back
+    as a whole. One answer per session.
     """
     ids = [item.session_id for item in items]
     if len(set(ids)) != len(ids):
         raise ValueError("mirror_session_answers() takes one answer per session")
     if not items:
         return []
-    with transaction.atomic(savepoint=False):
+    with transaction.atomic(savepoint=savepoint):
         return _mirror_sessions(items, ids)
 
 
@@ -231,7 +228,7 @@ def _mirror_sessions(items: Sequence[SessionAnswer], ids: list[str]) -> list[Cus
         plans[item.session_id] = _plan_effects(
             session,
             seen[session.pk],
-            item.answer.get("effects") or [],
+            _current_effects(item),
             previous[item.session_id],
             now,
         )
@@ -268,6 +265,10 @@ def _mirror_sessions(items: Sequence[SessionAnswer], ids: list[str]) -> list[Cus
             is_current=False
         )
     _insert(Effect, [row for plan in plans.values() for row in plan.new], returning=True)
+    for item in items:
+        if _settles(item):
+            # A return: what the session still has is current; the rollbacks are history.
+            _add_history(sessions[item.session_id], item.answer.get("effects") or [], now)
     for item in items:
         _set_mirrored(sessions[item.session_id], item.answer, plans[item.session_id].current, now)
     _upsert(CustomerSession, [sessions[sid] for sid in ids], ["integration_id"])
@@ -308,7 +309,7 @@ def mirror_reopen_answer(session_id: str, answer: Mapping[str, Any]) -> Customer
 
 def mirror_customer_session(session_id: str, answer: Mapping[str, Any]) -> CustomerSession:
     """Mirror a GetCustomerSession answer (``{customerSession, effects}``), e.g. to reconcile."""
-    return _mirror_session(session_id, answer, order=None, sent_payload=None)
+    return mirror_session_answer(session_id, answer)
 
 
 def mirror_profile_answer(
@@ -426,49 +427,6 @@ def discount_total(effects: list[Effect]) -> Decimal:
 
 
 # ---- sessions --------------------------------------------------------------------------------
-
-
-def _mirror_session(
-    session_id: str,
-    answer: Mapping[str, Any],
-    *,
-    order: models.Model | None,
-    sent_payload: Mapping[str, Any] | None,
-    savepoint: bool = True,
-    settled: Mapping[str, Any] | None = None,
-) -> CustomerSession:
-    now = timezone.now()
-    sent = sent_payload or {}
-    with transaction.atomic(savepoint=savepoint):
-        session, created = _get_or_create(
-            CustomerSession, {"integration_id": session_id}, lock=True
-        )
-        previous_state = session.state
-        # A row inserted by this transaction (created) has no cart lines, effects or loyalty rows
-        # yet: nothing to read or delete before writing them.
-        cart = _apply_answer(session, answer, sent, now)
-        if cart is not None:
-            _replace_cart_items(session, cart, fresh=created)
-        profile, profile_created = _session_profile(session, answer, order, now)
-        balances = (
-            _mirror_loyalty(profile, answer.get("loyalty"), now, fresh=profile_created)
-            if profile
-            else []
-        )
-        _link_order(session, order)
-        answered = answer.get("effects") or []
-        if settled is not None and isinstance(settled.get("effects"), list):
-            # A return: what the session still has is current; the rollbacks are history.
-            effects = _replace_effects(
-                session, settled["effects"], previous_state, now, fresh=created
-            )
-            _add_history(session, answered, now)
-        else:
-            effects = _replace_effects(session, answered, previous_state, now, fresh=created)
-        _set_mirrored(session, answer, effects, now)
-        session.save()
-        _announce(session, effects, profile if balances else None)
-    return session
 
 
 def _apply_answer(
@@ -618,14 +576,6 @@ def _copy_codes(session: CustomerSession, data: Mapping[str, Any]) -> None:
         session.referral_code = str(data.get("referralCode") or "")[:100]
 
 
-def _replace_cart_items(
-    session: CustomerSession, items: list[Mapping[str, Any]], *, fresh: bool = False
-) -> None:
-    if not fresh:
-        session.cart_items.all().delete()
-    _insert(CartItem, _cart_rows(session, items))
-
-
 def _cart_rows(session: CustomerSession, items: list[Any]) -> list[dict[str, Any]]:
     """:class:`CartItem` column values (by attname) for the ``cartItems`` of a session
     (position = index); plain dicts, as nothing reads the rows back as models."""
@@ -657,23 +607,6 @@ def _session_raw(previous: Mapping[str, Any], answer: Mapping[str, Any]) -> dict
         # which also makes the next answer rewrite the CartItem rows.
         raw["customerSession"] = {k: v for k, v in kept.items() if k != "cartItems"}
     return raw
-
-
-def _session_profile(
-    session: CustomerSession, answer: Mapping[str, Any], order: Any, now: Any
-) -> tuple[CustomerProfile | None, bool]:
-    """The session's profile, found or created (and locked), updated from the answer; and
-    whether this transaction created it."""
-    integration_id = _answer_profile_id(session, answer)
-    if not integration_id:
-        session.profile = None
-        return None, False
-    profile, created = _get_or_create(
-        CustomerProfile, {"integration_id": integration_id}, lock=True
-    )
-    if _update_profile(session, profile, answer, order, now, fresh=created):
-        profile.save()
-    return profile, created
 
 
 def _answer_profile_id(session: CustomerSession, answer: Mapping[str, Any]) -> str:
@@ -738,6 +671,18 @@ def _replace_effects(
     if plan.new:
         return _insert(Effect, plan.new, returning=True)
     return plan.current
+
+
+def _current_effects(item: SessionAnswer) -> list[Any]:
+    """The effects that become the session's current set: for a return with its session read
+    back (``settled``), the read-back ones, netted of the rollbacks; else the answer's."""
+    if _settles(item):
+        return item.settled["effects"]  # type: ignore[index]
+    return item.answer.get("effects") or []
+
+
+def _settles(item: SessionAnswer) -> bool:
+    return item.settled is not None and isinstance(item.settled.get("effects"), list)
 
 
 @dataclass

@@ -1372,15 +1372,9 @@ def _mirror(
         # _finish's transaction wraps the mirror and is rolled back whole on error: no savepoint.
         if order is None:
             order = _linked_order(payload)
-        if settled is None:
-            # The batch writer with a batch of one: fewer statements than row by row.
-            (session,) = mirror.mirror_session_answers(
-                [mirror.SessionAnswer(first, answer, sent=sent, order=order)]
-            )
-        else:
-            session = mirror.mirror_session_answer(
-                first, answer, order=order, sent_payload=sent, savepoint=False, settled=settled
-            )
+        session = mirror.mirror_session_answer(
+            first, answer, order=order, sent_payload=sent, savepoint=False, settled=settled
+        )
         return session, None
     if op == REOPEN_SESSION:
         return mirror.mirror_reopen_answer(first, answer or {}), None

@@ -1,6 +1,7 @@
 """Mirroring Talon.One answers: sessions, cart lines, effects (replaced, history), profiles,
 audiences, loyalty; safe upserts; purge; signals sent after commit only."""
 
+import contextlib
 import copy
 import logging
 from decimal import Decimal
@@ -526,9 +527,11 @@ def test_loyalty_balances_with_tiers():
 
 
 def racing_reads(*models):
-    """Patch QuerySet.get so that the first read of a missing row of each model misses while
-    another worker inserts that row: our create then fails on the unique constraint."""
+    """Patch the mirror's reads (QuerySet.get, and the locked read of sessions and profiles) so
+    that the first read of a missing row of each model misses while another worker inserts that
+    row: our insert then meets the unique constraint."""
     real_get = QuerySet.get
+    real_locked = mirror._locked
     raced = []
 
     def get(self, *args, **kwargs):
@@ -541,7 +544,20 @@ def racing_reads(*models):
                 raise
         return real_get(self, *args, **kwargs)
 
-    return mock.patch.object(QuerySet, "get", get), raced
+    def locked(model, integration_ids):
+        found = real_locked(model, integration_ids)
+        if model in models and model not in raced and len(found) < len(integration_ids):
+            raced.append(model)
+            have = {row.integration_id for row in found}
+            model.objects.bulk_create(  # the other worker
+                [model(integration_id=i) for i in integration_ids if i not in have]
+            )
+        return found
+
+    patches = contextlib.ExitStack()
+    patches.enter_context(mock.patch.object(QuerySet, "get", get))
+    patches.enter_context(mock.patch.object(mirror, "_locked", locked))
+    return patches, raced
 
 
 def test_a_concurrent_insert_of_the_same_row_is_survived():

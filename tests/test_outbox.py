@@ -436,7 +436,7 @@ def test_a_payload_the_client_refuses_fails_the_row(talon, django_capture_on_com
 
 def test_a_mirror_error_keeps_the_row_done(talon, django_capture_on_commit_callbacks):
     with (
-        mock.patch("django_talonone.mirror.mirror_session_answers", side_effect=KeyError("x")),
+        mock.patch("django_talonone.mirror.mirror_session_answer", side_effect=KeyError("x")),
         django_capture_on_commit_callbacks(execute=True),
     ):
         push = push_cart("A", state="closed")

@@ -116,10 +116,10 @@ def test_if_the_batch_mirror_fails_each_answer_is_mirrored_on_its_own(talon, cap
     pushes = [cart(f"s{i}", "A") for i in range(3)]
     real = mirror.mirror_session_answers
 
-    def only_alone(items: list[Any]) -> Any:
+    def only_alone(items: list[Any], **kwargs: Any) -> Any:
         if len(items) > 1:  # e.g. one answer the batch writer chokes on
             raise RuntimeError("boom")
-        return real(items)
+        return real(items, **kwargs)
 
     with mock.patch.object(mirror, "mirror_session_answers", side_effect=only_alone):
         assert outbox.process_batch() == (3, 3)
