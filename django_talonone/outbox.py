@@ -450,10 +450,7 @@ def claim(key: str) -> tuple[Push, str, list[int]] | None:
     # The row as the UPDATE left it, without reading it back: it was read in the same
     # transaction (under its row lock on PostgreSQL; on SQLite any write in between would have
     # failed the claim), so only the columns set above changed.
-    survivor.state = Push.State.IN_FLIGHT
-    survivor.claimed_by = token
-    survivor.claimed_at = survivor.updated_at = now
-    survivor.attempts += 1
+    _set_claimed(survivor, token, now)
     survivor.coalesced += folded
     return survivor, token, [r.pk for r in earlier]
 
@@ -799,17 +796,28 @@ def _columns() -> dict[str, str]:
 # Only quoted identifiers and placeholders are interpolated into these statements (S608).
 
 
+def _others_sql(c: dict[str, str], op: str) -> str:
+    """EXISTS an unfinished row of ``p``'s key whose id is ``op`` (``<`` or ``>``) ``p``'s."""
+    return (
+        f"EXISTS (SELECT 1 FROM {c['table']} o WHERE o.{c['key']} = p.{c['key']}"  # noqa: S608
+        f" AND o.{c['state']} IN (%s, %s) AND o.{c['id']} {op} p.{c['id']})"
+    )
+
+
+def _claim_sets_sql(c: dict[str, str]) -> str:
+    """The SET list of a claim: state, claim token, claimed_at and updated_at as parameters,
+    one more attempt."""
+    return (
+        f"{c['state']} = %s, {c['claimed_by']} = %s, {c['claimed_at']} = %s,"
+        f" {c['updated_at']} = %s, {c['attempts']} = {c['attempts']} + 1"
+    )
+
+
 def _head_sql(skip_locked: bool) -> str:
     c = _columns()
-
-    def others(op: str) -> str:
-        return (
-            f"EXISTS (SELECT 1 FROM {c['table']} o WHERE o.{c['key']} = p.{c['key']}"  # noqa: S608
-            f" AND o.{c['state']} IN (%s, %s) AND o.{c['id']} {op} p.{c['id']})"
-        )
-
     sql = (
-        f"SELECT p.*, {others('<')} AS blocked, {others('>')} AS has_later"  # noqa: S608
+        f"SELECT p.*, {_others_sql(c, '<')} AS blocked,"  # noqa: S608
+        f" {_others_sql(c, '>')} AS has_later"
         f" FROM {c['table']} p WHERE p.{c['key']} = %s AND p.{c['state']} IN (%s, %s)"
         f" ORDER BY p.{c['id']} LIMIT 1"
     )
@@ -818,9 +826,7 @@ def _head_sql(skip_locked: bool) -> str:
 
 def _cas_sql(coalescing: bool, run_len: int) -> str:
     c = _columns()
-    sets = f"{c['state']} = %s, {c['claimed_by']} = %s, {c['claimed_at']} = %s"
-    sets += f", {c['updated_at']} = %s"
-    sets += f", {c['attempts']} = {c['attempts']} + 1"
+    sets = _claim_sets_sql(c)
     if coalescing:
         sets += f", {c['payload']} = %s, {c['coalesced']} = {c['coalesced']} + %s"
     run = ", ".join(["%s"] * run_len)
@@ -876,8 +882,9 @@ def _claim_batch(
                     [*UNFINISHED, Push.State.PENDING, stamp, *UNFINISHED, size],
                 )
             )
-            folding = [h.key for h in heads if h.has_later and _is_plain_update(h)]
-            wanted = [h for h in heads if not (h.has_later and _is_plain_update(h))]
+            folds = {h.pk for h in heads if h.has_later and _is_plain_update(h)}
+            folding = [h.key for h in heads if h.pk in folds]
+            wanted = [h for h in heads if h.pk not in folds]
             if not wanted:
                 return [], token, folding
             stamp = Push._meta.get_field("claimed_at").get_db_prep_save(now, connection)
@@ -899,27 +906,24 @@ def _claim_batch(
         logger.debug("claiming a batch lost a race: %s", exc)  # as in claim()
         return [], token, []
     for push in wanted:
-        push.state = Push.State.IN_FLIGHT
-        push.claimed_by = token
-        push.claimed_at = push.updated_at = now
-        push.attempts += 1
+        _set_claimed(push, token, now)
     return wanted, token, folding
+
+
+def _set_claimed(push: Push, token: str, now: datetime.datetime) -> None:
+    """The instance as a claim's UPDATE leaves its row (it is not read back)."""
+    push.state = Push.State.IN_FLIGHT
+    push.claimed_by = token
+    push.claimed_at = push.updated_at = now
+    push.attempts += 1
 
 
 def _batch_heads_sql(skip_locked: bool) -> str:
     c = _columns()
-    due = c["next_attempt_at"]
-
-    def others(op: str) -> str:
-        return (
-            f"EXISTS (SELECT 1 FROM {c['table']} o WHERE o.{c['key']} = p.{c['key']}"  # noqa: S608
-            f" AND o.{c['state']} IN (%s, %s) AND o.{c['id']} {op} p.{c['id']})"
-        )
-
     sql = (
-        f"SELECT p.*, {others('>')} AS has_later FROM {c['table']} p"  # noqa: S608
-        f" WHERE p.{c['state']} = %s AND p.{due} <= %s AND NOT {others('<')}"
-        f" ORDER BY p.{c['id']} LIMIT %s"
+        f"SELECT p.*, {_others_sql(c, '>')} AS has_later FROM {c['table']} p"  # noqa: S608
+        f" WHERE p.{c['state']} = %s AND p.{c['next_attempt_at']} <= %s"
+        f" AND NOT {_others_sql(c, '<')} ORDER BY p.{c['id']} LIMIT %s"
     )
     return sql + " FOR UPDATE OF p SKIP LOCKED" if skip_locked else sql
 
@@ -929,9 +933,7 @@ def _batch_cas_sql(count: int) -> str:
     t = c["table"]
     ids = ", ".join(["%s"] * count)
     return (
-        f"UPDATE {t} SET {c['state']} = %s, {c['claimed_by']} = %s,"  # noqa: S608
-        f" {c['claimed_at']} = %s, {c['updated_at']} = %s,"
-        f" {c['attempts']} = {c['attempts']} + 1"
+        f"UPDATE {t} SET {_claim_sets_sql(c)}"  # noqa: S608
         f" WHERE {c['id']} IN ({ids}) AND {c['state']} = %s"
         f" AND NOT EXISTS (SELECT 1 FROM {t} o WHERE o.{c['key']} = {t}.{c['key']}"
         f" AND o.{c['state']} IN (%s, %s) AND o.{c['id']} <> {t}.{c['id']}"
