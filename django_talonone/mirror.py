@@ -907,9 +907,7 @@ def _replace_audiences_many(
     fresh)), in a fixed number of statements."""
     if not changes:
         return
-    if connection.vendor not in ("postgresql", "sqlite") or not (
-        connection.features.can_return_rows_from_bulk_insert
-    ):
+    if not _writes_sets():
         for profile, memberships, fresh in changes.values():
             _replace_audiences(profile, memberships, now, fresh=fresh)
         return
@@ -1202,9 +1200,7 @@ def _lock_rows(model: type[M], integration_ids: Sequence[str]) -> tuple[dict[str
     missing = [i for i in integration_ids if i not in rows]
     if not missing:
         return rows, set()
-    if connection.vendor not in ("postgresql", "sqlite") or not (
-        connection.features.can_return_rows_from_bulk_insert
-    ):
+    if not _writes_sets():
         created = set()
         for integration_id in missing:
             rows[integration_id], made = _get_or_create(
@@ -1265,9 +1261,9 @@ def _insert(
     if not rows:
         return []
     vendor = connection.vendor
-    can_return = connection.features.can_return_rows_from_bulk_insert
     existing = bool(conflict) and not ignore  # rows written back, not new ones
-    if vendor not in ("postgresql", "sqlite") or ((returning or ignore) and not can_return):
+    reads_back = returning or ignore
+    if vendor not in ("postgresql", "sqlite") or (reads_back and not _writes_sets()):
         if ignore:
             raise NotImplementedError("_insert(ignore=True) needs PostgreSQL or SQLite 3.35+")
         rows = [model(**row) if isinstance(row, dict) else row for row in rows]
@@ -1328,6 +1324,14 @@ def _insert(
                     row.pk = pk
                     row._state.adding = False
     return inserted if ignore else rows
+
+
+def _writes_sets() -> bool:
+    """Whether :func:`_insert` can write a batch itself here, reading back what it inserted
+    (PostgreSQL, or SQLite 3.35+ with RETURNING); elsewhere callers go row by row."""
+    return connection.vendor in ("postgresql", "sqlite") and bool(
+        connection.features.can_return_rows_from_bulk_insert
+    )
 
 
 def _column_value(
