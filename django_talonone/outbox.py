@@ -996,14 +996,7 @@ def _run_together(
         with transaction.atomic():
             mirror.mirror_session_answers(items)
             updated = Push.objects.filter(pk__in=ids, claimed_by=token).update(
-                state=Push.State.DONE,
-                done_at=now,
-                updated_at=now,
-                outcome_unknown=False,
-                last_error="",
-                error_class="",
-                error_status=None,
-                session_id=Subquery(session_of_key),
+                **_done_fields(now), session_id=Subquery(session_of_key)
             )
     except Exception:
         logger.exception(
@@ -1231,15 +1224,7 @@ def _finish(
         settled = _read_settled(push, client)
     now = timezone.now()
     attempt = Attempt(push, "done", answer=answer)
-    done: dict[str, Any] = {
-        "state": Push.State.DONE,
-        "done_at": now,
-        "updated_at": now,
-        "outcome_unknown": False,
-        "last_error": "",
-        "error_class": "",
-        "error_status": None,
-    }
+    done = _done_fields(now)
     try:
         with transaction.atomic():
             attempt.session, attempt.profile = _mirror(
@@ -1273,6 +1258,19 @@ def _finish(
     if _changes_points(push):
         _fetch_loyalty(push, answer, client)
     return attempt
+
+
+def _done_fields(now: datetime.datetime) -> dict[str, Any]:
+    """What a row that was sent (or found applied) is updated with."""
+    return {
+        "state": Push.State.DONE,
+        "done_at": now,
+        "updated_at": now,
+        "outcome_unknown": False,
+        "last_error": "",
+        "error_class": "",
+        "error_status": None,
+    }
 
 
 def _fail(push: Push, token: str, exc: BaseException) -> Attempt:
