@@ -1371,7 +1371,7 @@ def _mirror(
         sent = payload.get("body")
         # _finish's transaction wraps the mirror and is rolled back whole on error: no savepoint.
         if order is None:
-            order = _linked_order(payload)
+            order = _linked_orders([push]).get(push.pk)
         session = mirror.mirror_session_answer(
             first, answer, order=order, sent_payload=sent, savepoint=False, settled=settled
         )
@@ -1430,20 +1430,6 @@ def _profile_of(push: Push, answer: Any) -> str:
         .first()
     )
     return session or ""
-
-
-def _linked_order(payload: dict[str, Any]) -> Any:
-    ref = (payload.get("link") or {}).get("order")
-    if not ref:
-        return None
-    try:
-        from django.apps import apps
-
-        model = apps.get_model(ref[0])
-        return model._default_manager.filter(pk=ref[1]).first()
-    except (LookupError, ValueError, TypeError, DatabaseError):
-        logger.warning("the order %r linked to a push no longer resolves", ref)
-        return None
 
 
 def _linked_user(payload: dict[str, Any]) -> Any:
