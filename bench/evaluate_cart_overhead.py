@@ -68,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         "--queries", action="store_true", help="list the statements of one evaluate_cart call"
     )
     parser.add_argument(
+        "--statement-times",
+        action="store_true",
+        help="also time each statement of 200 more evaluate_cart calls (median per statement)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="also cProfile 200 more evaluate_cart calls and print where their time goes",
@@ -122,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         if r.get("profile"):
             print(f"    cProfile of 200 evaluate_cart calls ({db}):")
             print(r["profile"])
+        if r.get("statement_times"):
+            print(f"    median wall time of each statement over 200 evaluate_cart calls ({db}):")
+            for ms, sql in r["statement_times"]:
+                print(f"      {ms:6.3f} ms  {sql}")
         if r.get("statements"):
             print("    statements of one evaluate_cart call:")
             for sql in r["statements"]:
@@ -163,6 +172,8 @@ def _run_child(db: str, sandbox_url: str, args: argparse.Namespace) -> dict[str,
         cmd.append("--queries")
     if args.profile:
         cmd.append("--profile")
+    if args.statement_times:
+        cmd.append("--statement-times")
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"the {db} run failed:\n{proc.stderr[-4000:]}")
@@ -278,6 +289,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "median_of_pairwise_ms": round(statistics.median(pairs) / 1e6, 3),
     }
     found = {"contenders": stats, "overhead": overhead, "statements": statements}
+    if args.statement_times:
+        found["statement_times"] = _statement_times(call_evaluate, prepare, args.warmup + args.n)
     if args.profile:
         profiler = cProfile.Profile()
         for i in range(args.warmup + 2 + args.n, args.warmup + 202 + args.n):
@@ -288,9 +301,36 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         out = io.StringIO()
         stats_of = pstats.Stats(profiler, stream=out).strip_dirs()
         stats_of.sort_stats("tottime").print_stats(25)
-        stats_of.sort_stats("cumulative").print_stats(40)
+        stats_of.sort_stats("cumulative").print_stats(os.environ.get("PROFILE_FILTER", ""), 60)
         found["profile"] = out.getvalue()
     return found
+
+
+def _statement_times(call: Any, prepare: Any, start: int) -> list[tuple[float, str]]:
+    """Median wall time of each statement (by its place in the call) over 200 calls."""
+    from django.db import connection
+
+    times: list[list[float]] = []
+    texts: list[str] = []
+
+    def timed(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            times[-1].append(time.perf_counter() - t0)
+            if len(times) == 1:
+                texts.append(sql[:90])
+
+    for i in range(start, start + 200):
+        prepare("evaluate_cart", i)
+        times.append([])
+        with connection.execute_wrapper(timed):
+            call(i)
+    width = min(len(t) for t in times)
+    return [
+        (round(statistics.median(t[k] for t in times) * 1000, 3), texts[k]) for k in range(width)
+    ]
 
 
 def _set_quantity(order: Any, i: int, same: bool) -> None:

@@ -20,9 +20,8 @@ What goes where:
 from __future__ import annotations
 
 import datetime
-import json
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
@@ -30,12 +29,12 @@ from typing import Any, TypeVar
 from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models import OuterRef, Q, Subquery
+from django.db.models import Q
 from django.dispatch import Signal
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import signals
+from . import _db, signals
 from .models import (
     Audience,
     AudienceMembership,
@@ -102,6 +101,7 @@ def mirror_session_answer(
     sent_payload: Mapping[str, Any] | None = None,
     savepoint: bool = True,
     settled: Mapping[str, Any] | None = None,
+    also: Callable[[list[CustomerSession]], None] | None = None,
 ) -> CustomerSession:
     """Mirror an IntegrationStateV2 (a session update or a return) and return the session.
 
@@ -111,10 +111,11 @@ def mirror_session_answer(
     netted of the rollbacks). A return answers only its rollback effects; they are kept as
     history and the read-back effects become the current set.
     ``savepoint=False`` saves two round trips when the caller's own transaction wraps the call
-    and is rolled back as a whole if it raises (as the outbox's is).
+    and is rolled back as a whole if it raises (as the outbox's is). ``also``: as for
+    :func:`mirror_session_answers`.
     """
     item = SessionAnswer(session_id, answer, sent=sent_payload, order=order, settled=settled)
-    return mirror_session_answers([item], savepoint=savepoint)[0]
+    return mirror_session_answers([item], savepoint=savepoint, also=also)[0]
 
 
 @dataclass
@@ -130,7 +131,10 @@ class SessionAnswer:
 
 
 def mirror_session_answers(
-    items: Sequence[SessionAnswer], *, savepoint: bool = False
+    items: Sequence[SessionAnswer],
+    *,
+    savepoint: bool = False,
+    also: Callable[[list[CustomerSession]], None] | None = None,
 ) -> list[CustomerSession]:
     """Mirror the answers of many sessions at once; returns the sessions in the order given.
 
@@ -142,6 +146,10 @@ def mirror_session_answers(
     Runs in one transaction: the caller's if there is one, else its own. With ``savepoint`` an
     error rolls back only this call's work; without, the caller's transaction must be rolled back
     as a whole. One answer per session.
+
+    ``also(sessions)`` is called with the sessions (saved, in the order given) among the
+    mirror's own writes, to add statements of the caller's that go with them (the outbox marks
+    its rows done there): run through :func:`_db.execute`, they cost no extra wait on PostgreSQL.
     """
     ids = [item.session_id for item in items]
     if len(set(ids)) != len(ids):
@@ -149,12 +157,22 @@ def mirror_session_answers(
     if not items:
         return []
     with transaction.atomic(savepoint=savepoint):
-        return _mirror_sessions(items, ids)
+        return _mirror_sessions(items, ids, also)
 
 
-def _mirror_sessions(items: Sequence[SessionAnswer], ids: list[str]) -> list[CustomerSession]:
+def _mirror_sessions(
+    items: Sequence[SessionAnswer],
+    ids: list[str],
+    also: Callable[[list[CustomerSession]], None] | None,
+) -> list[CustomerSession]:
     now = timezone.now()
-    sessions, _created = _lock_rows(CustomerSession, ids)
+    programs_of: dict[str, dict[int, Mapping[str, Any]]] = {}
+    for item in items:
+        programs = _loyalty_programs(item.answer.get("loyalty"))
+        if programs:
+            programs_of[item.session_id] = programs
+    found = _read_rows(items, ids, set(programs_of))
+    sessions, profiles, profile_of = found.sessions, found.profiles, found.profile_of
     previous = {sid: sessions[sid].state for sid in ids}
     carts: dict[int, list[dict[str, Any]]] = {}
     for item in items:
@@ -163,12 +181,7 @@ def _mirror_sessions(items: Sequence[SessionAnswer], ids: list[str]) -> list[Cus
         if cart is not None:
             carts[session.pk] = _cart_rows(session, cart)
 
-    profile_of = {
-        item.session_id: _answer_profile_id(sessions[item.session_id], item.answer)
-        for item in items
-    }
-    profiles, fresh = _lock_rows(CustomerProfile, sorted({p for p in profile_of.values() if p}))
-    programs_of: dict[str, dict[int, Mapping[str, Any]]] = {}
+    fresh = set(found.fresh)
     dirty_profiles: dict[int, CustomerProfile] = {}
     audiences: dict[int, tuple[CustomerProfile, list[Any], bool]] = {}
     for item in items:
@@ -184,100 +197,74 @@ def _mirror_sessions(items: Sequence[SessionAnswer], ids: list[str]) -> list[Cus
             session, profile, item.answer, item.order, now, fresh=first, audiences=audiences
         ):
             dirty_profiles[profile.pk] = profile
-        programs = _loyalty_programs(item.answer.get("loyalty"))
-        if programs:
-            programs_of[item.session_id] = programs
 
     balances_of: dict[str, list[LoyaltyBalance]] = {}
     changed_members: dict[int, LoyaltyMembership] = {}
     dirty_balances: dict[int, LoyaltyBalance] = {}
     new_members: list[LoyaltyMembership] = []
     new_balances: list[LoyaltyBalance] = []
-    if programs_of:
-        loyal = {profiles[profile_of[sid]].pk for sid in programs_of}
-        members: dict[int, dict[int, LoyaltyMembership]] = {pk: {} for pk in loyal}
-        for member in LoyaltyMembership.objects.filter(profile_id__in=loyal):
-            members[member.profile_id][member.program_id] = member
-        ledgers: dict[int, dict[tuple[int, str], LoyaltyBalance]] = {pk: {} for pk in loyal}
-        for balance in (
-            LoyaltyBalance.objects.select_for_update().filter(profile_id__in=loyal).order_by("pk")
-        ):
-            ledgers[balance.profile_id][(balance.program_id, balance.subledger_id)] = balance
-        for sid, programs in programs_of.items():
-            profile = profiles[profile_of[sid]]
-            for member in _apply_memberships(profile, programs, members[profile.pk], new_members):
-                changed_members[member.pk] = member
-            rows, dirty = _apply_balances(
-                profile, _ledgers_wanted(programs, now), ledgers[profile.pk], new_balances
-            )
-            dirty_balances.update((balance.pk, balance) for balance, _fields in dirty)
-            balances_of[sid] = rows
+    for sid, programs in programs_of.items():
+        if not profile_of[sid]:
+            continue  # an anonymous session: no loyalty to mirror
+        profile = profiles[profile_of[sid]]
+        members = found.members.setdefault(profile.pk, {})
+        for member in _apply_memberships(profile, programs, members, new_members):
+            changed_members[member.pk] = member
+        rows, dirty = _apply_balances(
+            profile,
+            _ledgers_wanted(programs, now),
+            found.ledgers.setdefault(profile.pk, {}),
+            new_balances,
+        )
+        dirty_balances.update((balance.pk, balance) for balance, _fields in dirty)
+        balances_of[sid] = rows
 
-    # The current sets are compared by their raw dicts; rows are loaded only for sets kept.
-    seen: dict[int, list[Any]] = {sessions[sid].pk: [] for sid in ids}
-    for session_id, raw, evaluation in (
-        Effect.objects.filter(session_id__in=list(seen), is_current=True)
-        .order_by("id")
-        .values_list("session_id", "raw", "evaluation")
-    ):
-        seen[session_id].append(_SeenEffect(raw, evaluation))
     plans = {}
     for item in items:
         session = sessions[item.session_id]
         _link_order(session, item.order)
         plans[item.session_id] = _plan_effects(
             session,
-            seen[session.pk],
+            found.effects.get(session.pk, []),
             _current_effects(item),
             previous[item.session_id],
             now,
         )
-    kept = {sessions[sid]: plan for sid, plan in plans.items() if plan.current and not plan.new}
-    if kept:
-        rows: dict[int, list[Effect]] = {session.pk: [] for session in kept}
-        for effect in Effect.objects.filter(session_id__in=list(rows), is_current=True).order_by(
-            "id"
-        ):
-            rows[effect.session_id].append(effect)
-        for session, plan in kept.items():
-            for effect in rows[session.pk]:
-                effect.evaluation = session.update_count  # as the reevaluate UPDATE leaves it
-            plan.current = rows[session.pk]
 
-    if carts:
-        CartItem.objects.filter(session_id__in=list(carts)).delete()
-        _insert(CartItem, [row for rows in carts.values() for row in rows])
-    _upsert(CustomerProfile, dirty_profiles.values(), ["integration_id"])
-    _replace_audiences_many(audiences, now)
-    _insert(LoyaltyMembership, new_members)
-    for member in changed_members.values():
-        member.save(update_fields=["joined", "raw"])
-    _insert(LoyaltyBalance, new_balances, returning=True)
-    _upsert(LoyaltyBalance, dirty_balances.values(), ["profile", "program_id", "subledger_id"])
+    _replace_audiences_many(audiences, now)  # reads first: before the pipeline
+    for item in items:
+        _set_mirrored(sessions[item.session_id], item.answer, plans[item.session_id].current, now)
     by_old: dict[str, list[int]] = {"delete": [], "retire": []}
     for sid, plan in plans.items():
         if plan.old:
             by_old[plan.old].append(sessions[sid].pk)
-    if by_old["delete"]:
-        Effect.objects.filter(session_id__in=by_old["delete"], is_current=True).delete()
-    if by_old["retire"]:
-        Effect.objects.filter(session_id__in=by_old["retire"], is_current=True).update(
-            is_current=False
+    reevaluate = [sessions[sid].pk for sid, plan in plans.items() if plan.reevaluate]
+    # Nothing below needs an answer before the end: on PostgreSQL, one wait for all of it.
+    with _db.together():
+        if carts:
+            _delete_current(CartItem, list(carts), current_only=False)
+            _db.insert(CartItem, [row for rows in carts.values() for row in rows])
+        _db.upsert(CustomerProfile, dirty_profiles.values(), ["integration_id"])
+        _db.insert(LoyaltyMembership, new_members)
+        _db.upsert(LoyaltyMembership, changed_members.values(), ["profile", "program_id"])
+        _db.insert(LoyaltyBalance, new_balances, returning=True)
+        _db.upsert(
+            LoyaltyBalance, dirty_balances.values(), ["profile", "program_id", "subledger_id"]
         )
-    _insert(Effect, [row for plan in plans.values() for row in plan.new], returning=True)
+        if by_old["delete"]:
+            _delete_current(Effect, by_old["delete"])
+        if by_old["retire"]:
+            _retire_current(by_old["retire"])
+        _db.insert(Effect, [row for plan in plans.values() for row in plan.new], returning=True)
+        _db.upsert(CustomerSession, [sessions[sid] for sid in ids], ["integration_id"])
+        if reevaluate:
+            _reevaluate(reevaluate)
+        if also is not None:
+            also([sessions[sid] for sid in ids])
     for item in items:
         if _settles(item):
             # A return: what the session still has is current; the rollbacks are history.
             _add_history(sessions[item.session_id], item.answer.get("effects") or [], now)
-    for item in items:
-        _set_mirrored(sessions[item.session_id], item.answer, plans[item.session_id].current, now)
-    _upsert(CustomerSession, [sessions[sid] for sid in ids], ["integration_id"])
-    reevaluate = [sessions[sid].pk for sid, plan in plans.items() if plan.reevaluate]
-    if reevaluate:
-        count = CustomerSession.objects.filter(pk=OuterRef("session_id")).values("update_count")
-        Effect.objects.filter(session_id__in=reevaluate, is_current=True).update(
-            evaluation=Subquery(count[:1])
-        )
     # One commit callback for the batch sends every signal, in the order given.
     announcements = [
         (
@@ -609,14 +596,6 @@ def _session_raw(previous: Mapping[str, Any], answer: Mapping[str, Any]) -> dict
     return raw
 
 
-def _answer_profile_id(session: CustomerSession, answer: Mapping[str, Any]) -> str:
-    """The integration id of the profile an answer's session belongs to ("" for none)."""
-    data = answer.get("customerProfile")
-    if isinstance(data, Mapping) and data.get("integrationId"):
-        return str(data["integrationId"])
-    return session.profile_integration_id
-
-
 def _update_profile(
     session: CustomerSession,
     profile: CustomerProfile,
@@ -659,7 +638,7 @@ def _replace_effects(
     """
     if fresh:
         answered = [effect for effect in answered if isinstance(effect, Mapping)]
-        return _insert(Effect, effect_rows(session, answered, now), returning=True)
+        return _db.insert(Effect, effect_rows(session, answered, now), returning=True)
     current = list(session.effects.filter(is_current=True).order_by("id"))
     plan = _plan_effects(session, current, answered, previous_state, now)
     if plan.reevaluate:
@@ -669,7 +648,7 @@ def _replace_effects(
     elif plan.old == "delete":
         session.effects.filter(is_current=True).delete()
     if plan.new:
-        return _insert(Effect, plan.new, returning=True)
+        return _db.insert(Effect, plan.new, returning=True)
     return plan.current
 
 
@@ -683,14 +662,6 @@ def _current_effects(item: SessionAnswer) -> list[Any]:
 
 def _settles(item: SessionAnswer) -> bool:
     return item.settled is not None and isinstance(item.settled.get("effects"), list)
-
-
-@dataclass
-class _SeenEffect:
-    """What the batch writer reads of a current effect row to compare it with an answer."""
-
-    raw: Any
-    evaluation: int
 
 
 @dataclass
@@ -907,7 +878,7 @@ def _replace_audiences_many(
     fresh)), in a fixed number of statements."""
     if not changes:
         return
-    if not _writes_sets():
+    if not _db.writes_sets():
         for profile, memberships, fresh in changes.values():
             _replace_audiences(profile, memberships, now, fresh=fresh)
         return
@@ -918,7 +889,7 @@ def _replace_audiences_many(
     audiences = {a.talon_id: a for a in Audience.objects.filter(talon_id__in=list(names))}
     missing = [Audience(talon_id=t, name=names[t]) for t in names if t not in audiences]
     if missing:
-        _insert(Audience, missing, conflict=["talon_id"], ignore=True)
+        _db.insert(Audience, missing, conflict=["talon_id"], ignore=True)
         audiences.update(
             (a.talon_id, a)
             for a in Audience.objects.filter(talon_id__in=[a.talon_id for a in missing])
@@ -929,7 +900,7 @@ def _replace_audiences_many(
         if name and audience.name != name:
             audience.name = name
             renamed.append(audience)
-    _upsert(Audience, renamed, ["talon_id"])
+    _db.upsert(Audience, renamed, ["talon_id"])
     known = [pk for pk, (_p, _m, fresh) in changes.items() if not fresh]
     present: set[tuple[int, int]] = set()
     if known:
@@ -949,7 +920,7 @@ def _replace_audiences_many(
         for t in found
         if (pk, audiences[t].pk) not in present
     ]
-    _insert(AudienceMembership, joining, conflict=["profile", "audience"], ignore=True)
+    _db.insert(AudienceMembership, joining, conflict=["profile", "audience"], ignore=True)
 
 
 def _link_user(profile: CustomerProfile, user: Any) -> None:
@@ -1193,6 +1164,220 @@ def _apply_balances(
 # ---- plumbing --------------------------------------------------------------------------------
 
 
+@dataclass
+class _Rows:
+    """What the batch writer reads before deciding anything.
+
+    ``profile_of``: the profile integration id of each session ("" for none); ``fresh``: the
+    profiles this transaction created; ``members``, ``ledgers``: loyalty memberships (by program)
+    and balances (by program and subledger) of the profiles of answers with loyalty, by profile
+    pk; ``effects``: each session's current effect rows in id order, by session pk.
+    """
+
+    sessions: dict[str, CustomerSession]
+    profile_of: dict[str, str]
+    profiles: dict[str, CustomerProfile]
+    fresh: set[str]
+    members: dict[int, dict[int, LoyaltyMembership]]
+    ledgers: dict[int, dict[tuple[int, str], LoyaltyBalance]]
+    effects: dict[int, list[Effect]]
+
+
+def _read_rows(items: Sequence[SessionAnswer], ids: list[str], loyal: set[str]) -> _Rows:
+    """Lock and read every row the answers touch, in a fixed order (sessions, profiles,
+    loyalty balances) and, where the answers name their profiles, in one round trip; rows
+    missing are then created (``loyal``: the sessions whose answers carry loyalty)."""
+    named = {item.session_id: _named_profile(item) for item in items}
+    found = _Rows({}, {}, {}, set(), {}, {}, {})
+
+    def read_sessions(wanted: list[str]) -> None:
+        _db.execute(
+            _db.statement(_locked_sql, CustomerSession, len(wanted)),
+            wanted,
+            then=lambda cursor: found.sessions.update(
+                (row.integration_id, row) for row in _db.instances(CustomerSession)(cursor)
+            ),
+        )
+
+    if all(name is not None for name in named.values()):
+        found.profile_of = {sid: name or "" for sid, name in named.items()}
+        with _db.together():
+            read_sessions(ids)
+            _read_dependents(found, ids, loyal)
+    else:
+        read_sessions(ids)
+        for sid in ids:
+            session = found.sessions.get(sid)
+            known = session.profile_integration_id if session else ""
+            found.profile_of[sid] = known if named[sid] is None else named[sid] or ""
+        with _db.together():
+            _read_dependents(found, ids, loyal)
+    missing = [sid for sid in ids if sid not in found.sessions]
+    raced = False
+    if missing:
+        made, created = _lock_rows(CustomerSession, missing)
+        found.sessions.update(made)
+        raced = len(created) < len(missing)
+        for sid in missing:
+            if named[sid] is None:
+                found.profile_of[sid] = made[sid].profile_integration_id
+    wanted = sorted({p for p in found.profile_of.values() if p})
+    absent = [p for p in wanted if p not in found.profiles]
+    if absent:
+        made, found.fresh = _lock_rows(CustomerProfile, absent)
+        found.profiles.update(made)
+        raced = raced or len(found.fresh) < len(absent)
+    if raced:
+        # Another transaction created one of them meanwhile: it may have written rows that
+        # hang on it, which the first read could not see.
+        found.members, found.ledgers, found.effects = {}, {}, {}
+        _read_dependents(found, ids, loyal, profiles=False)
+    return found
+
+
+def _read_dependents(
+    found: _Rows, ids: list[str], loyal: set[str], *, profiles: bool = True
+) -> None:
+    """Queue the reads of the profiles (locked), their loyalty rows (balances locked) and the
+    sessions' current effects, by integration id; the results land in ``found``."""
+    wanted = sorted({p for p in found.profile_of.values() if p})
+    if profiles and wanted:
+        _db.execute(
+            _db.statement(_locked_sql, CustomerProfile, len(wanted)),
+            wanted,
+            then=lambda cursor: found.profiles.update(
+                (row.integration_id, row) for row in _db.instances(CustomerProfile)(cursor)
+            ),
+        )
+    members_of = sorted({found.profile_of[sid] for sid in loyal if found.profile_of.get(sid)})
+    if members_of:
+
+        def members(cursor: Any) -> None:
+            for member in _db.instances(LoyaltyMembership)(cursor):
+                found.members.setdefault(member.profile_id, {})[member.program_id] = member
+
+        def ledgers(cursor: Any) -> None:
+            for balance in _db.instances(LoyaltyBalance)(cursor):
+                key = (balance.program_id, balance.subledger_id)
+                found.ledgers.setdefault(balance.profile_id, {})[key] = balance
+
+        count = len(members_of)
+        _db.execute(_db.statement(_owned_sql, LoyaltyMembership, count), members_of, members)
+        _db.execute(_db.statement(_owned_sql, LoyaltyBalance, count), members_of, ledgers)
+
+    def effects(cursor: Any) -> None:
+        by_pk = {session.pk: session for session in found.sessions.values()}
+        for effect in _db.instances(Effect)(cursor):
+            effect.session = by_pk[effect.session_id]
+            found.effects.setdefault(effect.session_id, []).append(effect)
+
+    _db.execute(_db.statement(_current_effects_sql, len(ids)), [True, *ids], effects)
+
+
+def _named_profile(item: SessionAnswer) -> str | None:
+    """The profile integration id the session will have once the answer is applied ("": none),
+    as far as the answer and the request tell; None when only the session row knows."""
+    data = item.answer.get("customerProfile")
+    if isinstance(data, Mapping) and data.get("integrationId"):
+        return str(data["integrationId"])
+    # Where _apply_answer takes the session's profile from, in the same order.
+    session = item.answer.get("customerSession")
+    if not (isinstance(session, Mapping) and session):
+        session = (item.sent or {}).get("customerSession")
+        if not isinstance(session, Mapping):
+            return None
+    return str(session.get("profileId") or "") if "profileId" in session else None
+
+
+def _locked_sql(model: type[models.Model], count: int) -> str:
+    column = connection.ops.quote_name(model._meta.get_field("integration_id").column)
+    table = connection.ops.quote_name(model._meta.db_table)
+    where = f"{table}.{column} IN ({_db.marks(count)})"
+    return _db.select_sql(model, where, f"{table}.{column}", lock=True)
+
+
+def _owned_sql(model: type[models.Model], count: int) -> str:
+    """The rows of ``model`` owned by the profiles of ``count`` integration ids (locked when
+    they are balances), in id order."""
+    qn = connection.ops.quote_name
+    profile = CustomerProfile._meta
+    table = qn(model._meta.db_table)
+    owner = qn(model._meta.get_field("profile").column)
+    ids = (
+        f"SELECT {qn(profile.pk.column)} FROM {qn(profile.db_table)}"  # noqa: S608
+        f" WHERE {qn(profile.get_field('integration_id').column)} IN ({_db.marks(count)})"
+    )
+    order = f"{table}.{qn(model._meta.pk.column)}"
+    return _db.select_sql(model, f"{table}.{owner} IN ({ids})", order, lock=model is LoyaltyBalance)
+
+
+def _current_effects_sql(count: int) -> str:
+    qn = connection.ops.quote_name
+    opts, session = Effect._meta, CustomerSession._meta
+    table = qn(opts.db_table)
+    ids = (
+        f"SELECT {qn(session.pk.column)} FROM {qn(session.db_table)}"  # noqa: S608
+        f" WHERE {qn(session.get_field('integration_id').column)} IN ({_db.marks(count)})"
+    )
+    where = (
+        f"{table}.{qn(opts.get_field('is_current').column)} = %s"
+        f" AND {table}.{qn(opts.get_field('session').column)} IN ({ids})"
+    )
+    return _db.select_sql(Effect, where, f"{table}.{qn(opts.pk.column)}", lock=False)
+
+
+def _delete_current(
+    model: type[models.Model], session_pks: list[int], *, current_only: bool = True
+) -> None:
+    """DELETE the rows of these sessions (effects: only the current ones)."""
+    sql = _db.statement(_delete_sql, model, len(session_pks), current_only)
+    _db.execute(sql, [True, *session_pks] if current_only else session_pks)
+
+
+def _delete_sql(model: type[models.Model], count: int, current_only: bool) -> str:
+    qn = connection.ops.quote_name
+    opts = model._meta
+    sql = f"DELETE FROM {qn(opts.db_table)} WHERE "  # noqa: S608
+    if current_only:
+        sql += f"{qn(opts.get_field('is_current').column)} = %s AND "
+    return sql + f"{qn(opts.get_field('session').column)} IN ({_db.marks(count)})"
+
+
+def _retire_current(session_pks: list[int]) -> None:
+    """Keep these sessions' current effects as history."""
+    _db.execute(_db.statement(_retire_sql, len(session_pks)), [False, True, *session_pks])
+
+
+def _retire_sql(count: int) -> str:
+    qn = connection.ops.quote_name
+    opts = Effect._meta
+    current = qn(opts.get_field("is_current").column)
+    return (
+        f"UPDATE {qn(opts.db_table)} SET {current} = %s WHERE {current} = %s"  # noqa: S608
+        f" AND {qn(opts.get_field('session').column)} IN ({_db.marks(count)})"
+    )
+
+
+def _reevaluate(session_pks: list[int]) -> None:
+    """Stamp these sessions' (kept) current effects with the sessions' update counts."""
+    _db.execute(_db.statement(_reevaluate_sql, len(session_pks)), [True, *session_pks])
+
+
+def _reevaluate_sql(count: int) -> str:
+    qn = connection.ops.quote_name
+    opts, session = Effect._meta, CustomerSession._meta
+    table = qn(opts.db_table)
+    owner = qn(opts.get_field("session").column)
+    count_of = (
+        f"SELECT s.{qn(session.get_field('update_count').column)}"  # noqa: S608
+        f" FROM {qn(session.db_table)} s WHERE s.{qn(session.pk.column)} = {table}.{owner}"
+    )
+    return (
+        f"UPDATE {table} SET {qn(opts.get_field('evaluation').column)} = ({count_of})"  # noqa: S608
+        f" WHERE {qn(opts.get_field('is_current').column)} = %s AND {owner} IN ({_db.marks(count)})"
+    )
+
+
 def _lock_rows(model: type[M], integration_ids: Sequence[str]) -> tuple[dict[str, M], set[str]]:
     """The rows of these integration ids, locked in id order (created one by one where missing);
     and the ids whose rows this transaction created."""
@@ -1200,7 +1385,7 @@ def _lock_rows(model: type[M], integration_ids: Sequence[str]) -> tuple[dict[str
     missing = [i for i in integration_ids if i not in rows]
     if not missing:
         return rows, set()
-    if not _writes_sets():
+    if not _db.writes_sets():
         created = set()
         for integration_id in missing:
             rows[integration_id], made = _get_or_create(
@@ -1212,7 +1397,7 @@ def _lock_rows(model: type[M], integration_ids: Sequence[str]) -> tuple[dict[str
     # One INSERT for all; a row another transaction inserted meanwhile is left alone (and not
     # counted as created here).
     new = [model(integration_id=integration_id) for integration_id in missing]
-    created = set(_insert(model, new, conflict=["integration_id"], ignore=True))
+    created = set(_db.insert(model, new, conflict=["integration_id"], ignore=True))
     for row in _locked(model, missing):
         rows[row.integration_id] = row
     return rows, created
@@ -1220,192 +1405,13 @@ def _lock_rows(model: type[M], integration_ids: Sequence[str]) -> tuple[dict[str
 
 def _locked(model: type[M], integration_ids: list[str]) -> list[M]:
     """``SELECT ... WHERE integration_id IN (...) ORDER BY integration_id FOR UPDATE``, written
-    out: on the checkout path the ORM spent longer building it than the database running it."""
+    out once: on the checkout path the ORM spent longer building it than the database running it."""
     if not integration_ids:
         return []
-    qn = connection.ops.quote_name
-    opts = model._meta
-    column = qn(opts.get_field("integration_id").column)
-    marks = ", ".join(["%s"] * len(integration_ids))
-    sql = f"SELECT * FROM {qn(opts.db_table)} WHERE {column} IN ({marks})"  # noqa: S608
-    sql += f" ORDER BY {column}"
-    if connection.features.has_select_for_update:
-        sql += " FOR UPDATE"
-    return list(model._default_manager.raw(sql, integration_ids))
-
-
-def _upsert(model: type[M], rows: Iterable[M], unique_fields: list[str]) -> None:
-    """Write these saved rows back in one INSERT ... ON CONFLICT (``unique_fields``) DO UPDATE of
-    every other column (``auto_now`` ones stamped; ``auto_now_add`` ones left as they are)."""
-    _insert(model, list(rows), conflict=unique_fields)
-
-
-def _insert(
-    model: type[M],
-    rows: list[Any],
-    *,
-    conflict: list[str] | None = None,
-    ignore: bool = False,
-    returning: bool = False,
-) -> list[Any]:
-    """INSERT new rows (their pks set when ``returning``), or with ``conflict`` write existing
-    rows back by those unique fields, in as few multi-row statements as the database takes.
-    With ``ignore``, rows that hit ``conflict`` are skipped instead, and the value of the first
-    ``conflict`` field of each row inserted is returned (PostgreSQL and SQLite only). ``rows``
-    are model instances, or for a plain INSERT dicts of values by attname.
-
-    Django's bulk_create does the same, but on PostgreSQL it sends many rows as one array per
-    column, and with client-side binding (psycopg 3's default in Django) every double quote in a
-    JSON column is then escaped by a regular expression: most of a batch's CPU time.
-    """
-    if not rows:
-        return []
-    vendor = connection.vendor
-    existing = bool(conflict) and not ignore  # rows written back, not new ones
-    reads_back = returning or ignore
-    if vendor not in ("postgresql", "sqlite") or (reads_back and not _writes_sets()):
-        if ignore:
-            raise NotImplementedError("_insert(ignore=True) needs PostgreSQL or SQLite 3.35+")
-        rows = [model(**row) if isinstance(row, dict) else row for row in rows]
-        if conflict:
-            _upsert_with_django(model, rows, conflict)
-            return rows
-        return model._default_manager.bulk_create(rows)
-    opts = model._meta
-    qn = connection.ops.quote_name
-    unique = {opts.get_field(name).attname for name in conflict or []}
-    fields = [f for f in opts.concrete_fields if not f.primary_key]
-    columns = ", ".join(qn(f.column) for f in fields)
-    tail = ""
-    if conflict and ignore:
-        target = ", ".join(qn(opts.get_field(name).column) for name in conflict)
-        tail = f" ON CONFLICT ({target}) DO NOTHING RETURNING {target.split(', ')[0]}"
-    elif conflict:
-        kept = [f for f in fields if getattr(f, "auto_now_add", False) or f.attname in unique]
-        sets = ", ".join(
-            f"{qn(f.column)} = EXCLUDED.{qn(f.column)}" for f in fields if f not in kept
-        )
-        target = ", ".join(qn(opts.get_field(name).column) for name in conflict)
-        tail = f" ON CONFLICT ({target}) DO UPDATE SET {sets}"
-    if returning and not ignore:
-        tail += f" RETURNING {qn(opts.pk.column)}"
-    table = qn(opts.db_table)
-    statements: list[tuple[list[M], str, list[Any]]] = []
-    if vendor == "postgresql":
-        # All rows as one JSON document, unpacked by the server: one short statement (its text
-        # the same for every batch) and one string parameter.
-        types = ", ".join(f"{qn(f.column)} {f.db_type(connection).split('(')[0]}" for f in fields)
-        sql = (
-            f"INSERT INTO {table} ({columns}) SELECT {columns}"  # noqa: S608
-            # WHERE true: without it, ON CONFLICT could read as a join's ON.
-            f" FROM jsonb_to_recordset(%s::jsonb) AS x({types}) WHERE true{tail}"
-        )
-        columns_of = [(f.column, _column_value(f, existing)) for f in fields]
-        document = [{column: value(row) for column, value in columns_of} for row in rows]
-        statements.append((rows, sql, [json.dumps(document, default=_json_default)]))
-    else:
-        per_statement = max(1, (connection.features.max_query_params or 999) // len(fields))
-        values = [_column_value(f, existing, json_ready=False) for f in fields]
-        row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
-        for start in range(0, len(rows), per_statement):
-            chunk = rows[start : start + per_statement]
-            sql = f"INSERT INTO {table} ({columns}) VALUES "  # noqa: S608
-            sql += ", ".join([row_sql] * len(chunk)) + tail
-            params = [value(row) for row in chunk for value in values]
-            statements.append((chunk, sql, params))
-    inserted: list[Any] = []
-    with connection.cursor() as cursor:
-        for chunk, sql, params in statements:
-            cursor.execute(sql, params)
-            if ignore:
-                inserted += [value for (value,) in cursor.fetchall()]
-            elif returning:
-                for row, (pk,) in zip(chunk, cursor.fetchall(), strict=True):
-                    row.pk = pk
-                    row._state.adding = False
-    return inserted if ignore else rows
-
-
-def _writes_sets() -> bool:
-    """Whether :func:`_insert` can write a batch itself here, reading back what it inserted
-    (PostgreSQL, or SQLite 3.35+ with RETURNING); elsewhere callers go row by row."""
-    return connection.vendor in ("postgresql", "sqlite") and bool(
-        connection.features.can_return_rows_from_bulk_insert
-    )
-
-
-def _column_value(
-    field: models.Field, existing: bool, *, json_ready: bool = True
-) -> Callable[[Any], Any]:
-    """A function giving ``field``'s value of a row to write: ``auto_now`` stamped, an
-    ``existing`` row keeping its ``auto_now_add`` value, a dict row giving values by attname
-    (default: the field's). Prepared for the database: plain strings, numbers and booleans as
-    they are; with
-    ``json_ready``, JSON values as they are and Decimal and aware datetimes as strings (for a
-    JSON document); the rest through the field's own preparation."""
-    attname = field.attname
-    stamped = getattr(field, "auto_now", False) or (
-        getattr(field, "auto_now_add", False) and not existing
-    )
-    as_is = json_ready and isinstance(field, models.JSONField)
-    plain = not isinstance(field, models.JSONField)
-
-    def value(row: Any) -> Any:
-        if isinstance(row, dict):
-            found = row[attname] if attname in row else field.get_default()
-        elif stamped:
-            found = field.pre_save(row, True)
-        else:
-            found = getattr(row, attname)
-        if found is None or as_is:
-            return found
-        kind = type(found)
-        if plain and kind in _JSON_READY:
-            return found
-        if not json_ready:
-            return field.get_db_prep_save(found, connection)
-        if kind is Decimal:
-            return str(found)
-        if kind is datetime.datetime and found.tzinfo is not None:
-            return found.isoformat()
-        return field.get_db_prep_save(found, connection)
-
-    return value
-
-
-_JSON_READY = frozenset({str, int, bool, float})
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
-        return value.isoformat()
-    raise TypeError(f"cannot write {type(value).__name__} through a JSON document")
-
-
-def _upsert_with_django(model: type[M], rows: list[M], unique_fields: list[str]) -> None:
-    """:func:`_insert` with ``conflict`` through bulk_create, for other databases."""
-    opts = model._meta
-    kept = [f for f in opts.concrete_fields if getattr(f, "auto_now_add", False)]
-    fields = [
-        f.name
-        for f in opts.concrete_fields
-        if not f.primary_key and f.name not in unique_fields and f not in kept
-    ]
-    saved = [(row.pk, [getattr(row, f.attname) for f in kept]) for row in rows]
-    for row in rows:
-        row.pk = None  # insert without the pk: the conflict on unique_fields finds the row
-    try:
-        model._default_manager.bulk_create(
-            rows, update_conflicts=True, unique_fields=unique_fields, update_fields=fields
-        )
-    finally:
-        for row, (pk, values) in zip(rows, saved, strict=True):
-            row.pk = pk
-            row._state.adding = False
-            for f, value in zip(kept, values, strict=True):
-                setattr(row, f.attname, value)
+    found: list[M] = []
+    sql = _db.statement(_locked_sql, model, len(integration_ids))
+    _db.execute(sql, integration_ids, lambda cursor: found.extend(_db.instances(model)(cursor)))
+    return found
 
 
 def _get_or_create(

@@ -29,12 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.signals import setting_changed
-from django.db import DatabaseError, OperationalError, connection, transaction
-from django.db.models import Exists, OuterRef, Q, Subquery
-from django.db.models.functions import Substr
+from django.db import DatabaseError, OperationalError, connection, models, transaction
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from . import ratelimit
+from . import _db, ratelimit
 from .client import IntegrationClient, NotFoundError, RateLimitedError, TalonOneError
 from .conf import settings
 from .models import CustomerProfile, CustomerSession, Push
@@ -516,7 +515,7 @@ def send_now(
     """
     now = timezone.now()
     token = _new_token()
-    push = Push.objects.create(
+    push = Push(
         key=key,
         operation=operation,
         payload=payload,
@@ -527,12 +526,17 @@ def send_now(
         claimed_at=now,
         attempts=1,
     )
-    busy = (
-        Push.objects.filter(key=key, state__in=UNFINISHED)
-        .exclude(pk=push.pk)
-        .filter(Q(pk__lt=push.pk) | Q(state=Push.State.IN_FLIGHT))
-        .exists()
+    # Both written out: on the checkout path the ORM took longer to build them than the
+    # database to run them. The row is committed before the check, so of two senders racing for
+    # one key at least one sees the other.
+    _db.insert(Push, [push], returning=True)
+    found: list[Any] = []
+    _db.execute(
+        _db.statement(_busy_sql),
+        [key, *UNFINISHED, push.pk, push.pk, Push.State.IN_FLIGHT],
+        lambda cursor: found.extend(cursor.fetchall()),
     )
+    busy = bool(found)
     if busy:
         _update_claimed(
             push,
@@ -747,7 +751,7 @@ def _lock_head(key: str) -> Push | None:
     earlier and later rows are looked for in the same statement.
     """
     skip_locked = bool(connection.features.has_select_for_update_skip_locked)
-    sql = _statement(_head_sql, skip_locked)
+    sql = _db.statement(_head_sql, skip_locked)
     rows = list(Push.objects.raw(sql, [*UNFINISHED, *UNFINISHED, key, *UNFINISHED]))
     head = rows[0] if rows else None
     if head is not None and skip_locked and head.blocked:
@@ -769,19 +773,20 @@ def _compare_and_set(
     run_ids = [r.pk for r in run_rows]
     params += [survivor.pk, Push.State.PENDING, key, *UNFINISHED, *run_ids, survivor.pk]
     params.append(Push.State.IN_FLIGHT)
-    sql = _statement(_cas_sql, bool(coalesced), len(run_ids))
+    sql = _db.statement(_cas_sql, bool(coalesced), len(run_ids))
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount == 1
 
 
-def _statement(build: Callable[..., str], *args: Any) -> str:
-    """``build(*args)``, made once per database vendor."""
-    cache_key = (connection.vendor, build.__name__, *args)
-    sql = _statements.get(cache_key)
-    if sql is None:
-        sql = _statements[cache_key] = build(*args)
-    return sql
+def _busy_sql() -> str:
+    """Another unfinished row of the key: earlier, or in flight (send_now's check)."""
+    c = _columns()
+    return (
+        f"SELECT 1 FROM {c['table']} WHERE {c['key']} = %s"  # noqa: S608
+        f" AND {c['state']} IN (%s, %s) AND {c['id']} <> %s"
+        f" AND ({c['id']} < %s OR {c['state']} = %s)"
+    )
 
 
 def _columns() -> dict[str, str]:
@@ -838,9 +843,6 @@ def _cas_sql(coalescing: bool, run_len: int) -> str:
     )
 
 
-_statements: dict[tuple[Any, ...], str] = {}
-
-
 def _has_unfinished(key: str) -> bool:
     return Push.objects.filter(key=key, state__in=UNFINISHED).exists()
 
@@ -878,7 +880,7 @@ def _claim_batch(
             stamp = Push._meta.get_field("next_attempt_at").get_db_prep_save(due, connection)
             heads = list(
                 Push.objects.raw(
-                    _statement(_batch_heads_sql, skip_locked),
+                    _db.statement(_batch_heads_sql, skip_locked),
                     [*UNFINISHED, Push.State.PENDING, stamp, *UNFINISHED, size],
                 )
             )
@@ -892,7 +894,7 @@ def _claim_batch(
             params = [Push.State.IN_FLIGHT, token, stamp, stamp, *ids, Push.State.PENDING]
             params += [*UNFINISHED, Push.State.IN_FLIGHT]
             with connection.cursor() as cursor:
-                cursor.execute(_statement(_batch_cas_sql, len(ids)), params)
+                cursor.execute(_db.statement(_batch_cas_sql, len(ids)), params)
                 if cursor.rowcount != len(ids):
                     won = set(
                         Push.objects.filter(pk__in=ids, claimed_by=token).values_list(
@@ -989,15 +991,17 @@ def _run_together(
     ]
     now = timezone.now()
     ids = [push.pk for push, answer in answered if isinstance(answer, dict)]
-    session_of_key = CustomerSession.objects.filter(
-        integration_id=Substr(OuterRef("key"), len(session_key("")) + 1)
-    ).values("pk")[:1]
+    counted: list[int] = []
+
+    def mark_done(sessions: list[CustomerSession]) -> None:
+        # Among the mirror's writes: on PostgreSQL, no wait of its own.
+        owners = {pk: session.pk for pk, session in zip(ids, sessions, strict=True)}
+        _queue_update_claimed(ids, token, {**_done_fields(now), "session": owners}, counted)
+
     try:
         with transaction.atomic():
-            mirror.mirror_session_answers(items)
-            updated = Push.objects.filter(pk__in=ids, claimed_by=token).update(
-                **_done_fields(now), session_id=Subquery(session_of_key)
-            )
+            mirror.mirror_session_answers(items, also=mark_done)
+            updated = counted[0]
     except Exception:
         logger.exception(
             "mirroring %s answers together failed; mirroring them one by one", len(items)
@@ -1225,16 +1229,26 @@ def _finish(
     now = timezone.now()
     attempt = Attempt(push, "done", answer=answer)
     done = _done_fields(now)
+    counted: list[int] = []
+
+    def mark_done(sessions: list[CustomerSession]) -> None:
+        # Among the mirror's writes: on PostgreSQL, no wait of its own.
+        done["session"] = sessions[0]
+        _queue_update_claimed([push.pk], token, done, counted)
+
     try:
         with transaction.atomic():
             attempt.session, attempt.profile = _mirror(
-                push, answer, reconciled=reconciled, order=order, settled=settled
+                push, answer, reconciled=reconciled, order=order, settled=settled, also=mark_done
             )
             if attempt.session is not None:
                 done["session"] = attempt.session
             if attempt.profile is not None:
                 done["profile"] = attempt.profile
-            updated = _update_claimed(push, token, **done)
+            if counted:
+                updated = _updated(push, done, counted[0])
+            else:
+                updated = _update_claimed(push, token, **done)
     except Exception as exc:
         logger.exception(
             "push #%s (%s %s) was sent but mirroring the answer failed",
@@ -1243,6 +1257,7 @@ def _finish(
             push.key,
         )
         attempt.session = attempt.profile = None  # rolled back with the transaction
+        counted.clear()
         done.pop("session", None)
         done.pop("profile", None)
         done.update(
@@ -1356,7 +1371,10 @@ def _mirror(
     reconciled: bool = False,
     order: Any = None,
     settled: dict[str, Any] | None = None,
+    also: Callable[[list[CustomerSession]], None] | None = None,
 ) -> tuple[CustomerSession | None, CustomerProfile | None]:
+    """Mirror an answer by operation; ``also``: passed on to the session writer, which calls it
+    among its writes (other operations do not call it)."""
     from . import mirror
 
     op = push.operation
@@ -1373,7 +1391,13 @@ def _mirror(
         if order is None:
             order = _linked_orders([push]).get(push.pk)
         session = mirror.mirror_session_answer(
-            first, answer, order=order, sent_payload=sent, savepoint=False, settled=settled
+            first,
+            answer,
+            order=order,
+            sent_payload=sent,
+            savepoint=False,
+            settled=settled,
+            also=also,
         )
         return session, None
     if op == REOPEN_SESSION:
@@ -1472,7 +1496,60 @@ def _redact(text: str) -> str:
 def _update_claimed(push: Push, token: str, **fields: Any) -> int:
     """UPDATE the row while ``token`` still holds it; then the instance says what the row holds
     (set from ``fields``, or read back when the row was taken back meanwhile)."""
-    updated = Push.objects.filter(pk=push.pk, claimed_by=token).update(**fields)
+    counted: list[int] = []
+    _queue_update_claimed([push.pk], token, fields, counted)
+    return _updated(push, fields, counted[0])
+
+
+def _queue_update_claimed(
+    pks: list[int], token: str, fields: dict[str, Any], counted: list[int]
+) -> None:
+    """The UPDATE of :func:`_update_claimed` for rows ``pks``, through :func:`_db.execute` (so it
+    can join a pipeline); how many rows it changed is appended to ``counted``. A field's value
+    may be a model instance (its pk is written) or, for ``session``, a dict of values by row pk."""
+    names = tuple(fields)
+    cases = tuple(name for name, value in fields.items() if isinstance(value, dict))
+    params: list[Any] = []
+    for name, value in fields.items():
+        field = Push._meta.get_field(name)
+        if isinstance(value, dict):
+            for pk in pks:
+                params += [pk, _db_value(field, value.get(pk))]
+        else:
+            params.append(_db_value(field, value))
+    params += [*pks, token]
+    sql = _db.statement(_update_claimed_sql, names, cases, len(pks))
+    _db.execute(sql, params, lambda cursor: counted.append(cursor.rowcount))
+
+
+def _db_value(field: Any, value: Any) -> Any:
+    if isinstance(value, models.Model):
+        value = value.pk
+    return field.get_db_prep_save(value, connection)
+
+
+def _update_claimed_sql(names: tuple[str, ...], cases: tuple[str, ...], count: int) -> str:
+    qn = connection.ops.quote_name
+    opts = Push._meta
+    pk = qn(opts.pk.column)
+    sets = []
+    for name in names:
+        column = qn(opts.get_field(name).column)
+        if name in cases:
+            whens = " ".join([f"WHEN {pk} = %s THEN %s"] * count)
+            sets.append(f"{column} = CASE {whens} END")
+        else:
+            sets.append(f"{column} = %s")
+    claimed = qn(opts.get_field("claimed_by").column)
+    return (
+        f"UPDATE {qn(opts.db_table)} SET {', '.join(sets)}"  # noqa: S608
+        f" WHERE {pk} IN ({_db.marks(count)}) AND {claimed} = %s"
+    )
+
+
+def _updated(push: Push, fields: dict[str, Any], updated: int) -> int:
+    """After :func:`_queue_update_claimed` of one row: the instance set from ``fields`` if the
+    row was changed, else read back."""
     if updated:
         for name, value in fields.items():
             setattr(push, name, value)

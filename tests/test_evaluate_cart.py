@@ -11,6 +11,7 @@ from unittest import mock
 import pytest
 import requests
 from django.db import DatabaseError
+from django.db.backends.utils import CursorWrapper
 
 from django_talonone import outbox, ratelimit
 from django_talonone.adapters import ShopAdapter
@@ -115,8 +116,10 @@ def test_an_adapter_error_gives_stale_effects_and_a_failed_push(talon, settings)
 
 
 def test_it_never_raises_into_the_view(talon):
-    with mock.patch.object(Push.objects, "create", side_effect=DatabaseError("disk full")):
-        result = evaluate(make_order())
+    order = make_order()
+    broken = DatabaseError("disk full")
+    with mock.patch.object(CursorWrapper, "execute", side_effect=broken):
+        result = evaluate(order)
     assert result.stale is True
     assert "disk full" in result.error
 

@@ -387,9 +387,9 @@ def test_without_the_session_in_the_answer_the_sent_payload_is_used():
 
 def test_an_unchanged_cart_or_effect_set_costs_no_writes(django_assert_num_queries):
     mirror.mirror_session_answer(SID, session_answer())
-    # Savepoint, session, profile (+update), memberships, balances (+2 updates), effects,
-    # session update, release: no cart or effect writes.
-    with django_assert_num_queries(11):
+    # Savepoint; session, profile, memberships, balances and effects read; profile, balances
+    # and session written; release: no cart or effect writes.
+    with django_assert_num_queries(10):
         mirror.mirror_session_answer(SID, session_answer())
 
 

@@ -1,0 +1,373 @@
+"""Statements the mirror and the outbox write out themselves, and how they are sent.
+
+The checkout path runs a dozen small statements per cart update. Built by the ORM, each cost more
+Python time than the database took to run it; sent one by one to PostgreSQL, each also cost a
+wait for its answer. Here the statement texts are made once per database vendor
+(:func:`statement`), and the statements run inside :func:`together` go to PostgreSQL in one
+pipeline (psycopg 3 with libpq 14 or later): sent one after the other without waiting, and answered
+all at once when the block ends. Elsewhere (SQLite, psycopg2, other databases) they simply run one
+after the other. Either way a statement's results reach its ``then`` callback, at once or at the
+end of the block, in the order the statements were given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from django.db import connection, models
+
+M = TypeVar("M", bound=models.Model)
+
+_state = threading.local()
+_statements: dict[tuple[Any, ...], Any] = {}
+_pipelines: dict[str, bool] = {}
+
+
+def statement(build: Callable[..., Any], *args: Any) -> Any:
+    """``build(*args)``, made once per database vendor (``args`` must be hashable)."""
+    cache_key = (connection.vendor, build, *args)
+    found = _statements.get(cache_key)
+    if found is None:
+        found = _statements[cache_key] = build(*args)
+    return found
+
+
+def pipelined() -> bool:
+    """Whether :func:`together` sends its statements as one pipeline on this connection."""
+    module = getattr(connection, "Database", None)
+    name = getattr(module, "__name__", "")
+    found = _pipelines.get(name)
+    if found is None:
+        found = False
+        if connection.vendor == "postgresql" and name == "psycopg":
+            found = bool(module.Pipeline.is_supported())  # type: ignore[union-attr]
+        _pipelines[name] = found
+    return found
+
+
+def in_pipeline() -> bool:
+    """Whether a :func:`together` block is sending statements as a pipeline right now."""
+    return getattr(_state, "waiting", None) is not None
+
+
+@contextlib.contextmanager
+def together() -> Iterator[None]:
+    """Run the block's :func:`execute` calls as one pipeline where the database allows it.
+
+    A statement's ``then`` runs when the block ends; nothing inside may need a result earlier.
+    An error of any statement is raised (as Django's database error) when the block ends, and
+    the statements after it are not run; the caller's transaction must then be rolled back, as
+    Django's ``atomic`` does. Nested blocks join the outer one.
+    """
+    if in_pipeline() or not pipelined():
+        yield
+        return
+    connection.ensure_connection()
+    waiting: list[tuple[Any, Callable[[Any], Any] | None]] = []
+    _state.waiting = waiting
+    try:
+        with connection.wrap_database_errors, connection.connection.pipeline():
+            yield
+        for cursor, then in waiting:
+            if then is not None:
+                then(cursor)
+    finally:
+        _state.waiting = None
+        for cursor, _then in waiting:
+            cursor.close()
+
+
+def execute(sql: str, params: Sequence[Any] = (), then: Callable[[Any], Any] | None = None) -> None:
+    """Run one statement through a Django cursor; ``then(cursor)`` reads its results.
+
+    Inside :func:`together` on PostgreSQL the statement is only queued, and ``then`` runs when the
+    block ends.
+    """
+    cursor = connection.cursor()
+    waiting = getattr(_state, "waiting", None)
+    if waiting is None:
+        try:
+            cursor.execute(sql, params)
+            if then is not None:
+                then(cursor)
+        finally:
+            cursor.close()
+        return
+    cursor.execute(sql, params)
+    waiting.append((cursor, then))
+
+
+def select_sql(model: type[models.Model], where: str, order_by: str, lock: bool) -> str:
+    """``SELECT`` of every concrete column of ``model`` (in field order) ``WHERE where``.
+
+    ``lock``: ``FOR UPDATE`` where the database has it (with ``OF`` the model's table when the
+    database needs naming it).
+    """
+    qn = connection.ops.quote_name
+    opts = model._meta
+    table = qn(opts.db_table)
+    columns = ", ".join(f"{table}.{qn(f.column)}" for f in opts.concrete_fields)
+    sql = f"SELECT {columns} FROM {table} WHERE {where}"  # noqa: S608
+    if order_by:
+        sql += f" ORDER BY {order_by}"
+    if lock and connection.features.has_select_for_update:
+        sql += " FOR UPDATE"
+    return sql
+
+
+def instances(model: type[M]) -> Callable[[Any], list[M]]:
+    """A ``then`` that reads the rows of a :func:`select_sql` into ``model`` instances, each value
+    converted as the ORM would."""
+    return statement(_instances, model)
+
+
+def _instances(model: type[M]) -> Callable[[Any], list[M]]:
+    opts = model._meta
+    table = opts.db_table
+    converters = []
+    for index, field in enumerate(opts.concrete_fields):
+        column = field.get_col(table)
+        found = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
+        if found:
+            converters.append((index, column, found))
+    alias = connection.alias
+    from_db = model.from_db
+    attnames = [f.attname for f in opts.concrete_fields]
+
+    def read(cursor: Any) -> list[M]:
+        rows = cursor.fetchall()
+        made = []
+        for row in rows:
+            values = list(row)
+            for index, column, funcs in converters:
+                value = values[index]
+                for func in funcs:
+                    value = func(value, column, connection)
+                values[index] = value
+            made.append(from_db(alias, attnames, values))
+        return made
+
+    return read
+
+
+def marks(count: int) -> str:
+    """``%s, %s, ...``: ``count`` placeholders."""
+    return ", ".join(["%s"] * count)
+
+
+# ---- multi-row writes -----------------------------------------------------------------------
+
+
+def upsert(model: type[M], rows: Iterable[M], unique_fields: list[str]) -> None:
+    """Write these saved rows back in one INSERT ... ON CONFLICT (``unique_fields``) DO UPDATE of
+    every other column (``auto_now`` ones stamped; ``auto_now_add`` ones left as they are)."""
+    insert(model, list(rows), conflict=unique_fields)
+
+
+def insert(
+    model: type[M],
+    rows: list[Any],
+    *,
+    conflict: list[str] | None = None,
+    ignore: bool = False,
+    returning: bool = False,
+) -> list[Any]:
+    """INSERT new rows (their pks set when ``returning``), or with ``conflict`` write existing
+    rows back by those unique fields, in as few multi-row statements as the database takes.
+    With ``ignore``, rows that hit ``conflict`` are skipped instead, and the value of the first
+    ``conflict`` field of each row inserted is returned (PostgreSQL and SQLite only). ``rows``
+    are model instances, or for a plain INSERT dicts of values by attname.
+
+    Django's bulk_create does the same, but on PostgreSQL it sends many rows as one array per
+    column, and with client-side binding (psycopg 3's default in Django) every double quote in a
+    JSON column is then escaped by a regular expression: most of a batch's CPU time.
+    """
+    if not rows:
+        return []
+    vendor = connection.vendor
+    reads_back = returning or ignore
+    if vendor not in ("postgresql", "sqlite") or (reads_back and not writes_sets()):
+        if ignore:
+            raise NotImplementedError("insert(ignore=True) needs PostgreSQL or SQLite 3.35+")
+        rows = [model(**row) if isinstance(row, dict) else row for row in rows]
+        if conflict:
+            _upsert_with_django(model, rows, conflict)
+            return rows
+        return model._default_manager.bulk_create(rows)
+    shape = statement(_insert_shape, model, tuple(conflict or ()), ignore, returning)
+    statements: list[tuple[list[Any], str, list[Any]]] = []
+    if vendor == "postgresql":
+        columns_of = shape.json_values
+        document = [{column: value(row) for column, value in columns_of} for row in rows]
+        statements.append((rows, shape.sql, [json.dumps(document, default=_json_default)]))
+    else:
+        per_statement = max(1, (connection.features.max_query_params or 999) // shape.width)
+        values = shape.values
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            sql = shape.sql + ", ".join([shape.row_sql] * len(chunk)) + shape.tail
+            params = [value(row) for row in chunk for value in values]
+            statements.append((chunk, sql, params))
+    inserted: list[Any] = []
+    for chunk, sql, params in statements:
+        if ignore:
+            if in_pipeline():
+                raise RuntimeError("insert(ignore=True) needs its answer at once: no pipeline")
+            execute(sql, params, lambda cur: inserted.extend(v for (v,) in cur.fetchall()))
+        elif returning:
+            execute(sql, params, _set_pks(chunk))
+        else:
+            execute(sql, params)
+    return inserted if ignore else rows
+
+
+def _set_pks(rows: list[Any]) -> Callable[[Any], None]:
+    def then(cursor: Any) -> None:
+        for row, (pk,) in zip(rows, cursor.fetchall(), strict=True):
+            row.pk = pk
+            row._state.adding = False
+
+    return then
+
+
+@dataclass
+class _InsertShape:
+    """The parts of an :func:`insert` statement that depend only on the model and the options:
+    PostgreSQL: the whole statement and each column's JSON-ready value; elsewhere: the statement
+    up to its VALUES rows, one row's placeholders, the tail, the values prepared for the driver."""
+
+    sql: str
+    tail: str
+    row_sql: str
+    width: int
+    json_values: list[tuple[str, Callable[[Any], Any]]]
+    values: list[Callable[[Any], Any]]
+
+
+def _insert_shape(
+    model: type[models.Model], conflict: tuple[str, ...], ignore: bool, returning: bool
+) -> _InsertShape:
+    opts = model._meta
+    qn = connection.ops.quote_name
+    existing = bool(conflict) and not ignore  # rows written back, not new ones
+    unique = {opts.get_field(name).attname for name in conflict}
+    fields = [f for f in opts.concrete_fields if not f.primary_key]
+    columns = ", ".join(qn(f.column) for f in fields)
+    tail = ""
+    if conflict and ignore:
+        target = ", ".join(qn(opts.get_field(name).column) for name in conflict)
+        tail = f" ON CONFLICT ({target}) DO NOTHING RETURNING {target.split(', ')[0]}"
+    elif conflict:
+        kept = [f for f in fields if getattr(f, "auto_now_add", False) or f.attname in unique]
+        sets = ", ".join(
+            f"{qn(f.column)} = EXCLUDED.{qn(f.column)}" for f in fields if f not in kept
+        )
+        target = ", ".join(qn(opts.get_field(name).column) for name in conflict)
+        tail = f" ON CONFLICT ({target}) DO UPDATE SET {sets}"
+    if returning and not ignore:
+        tail += f" RETURNING {qn(opts.pk.column)}"
+    table = qn(opts.db_table)
+    if connection.vendor == "postgresql":
+        # All rows as one JSON document, unpacked by the server: one short statement (its text
+        # the same for every batch) and one string parameter.
+        types = ", ".join(f"{qn(f.column)} {f.db_type(connection).split('(')[0]}" for f in fields)
+        sql = (
+            f"INSERT INTO {table} ({columns}) SELECT {columns}"  # noqa: S608
+            # WHERE true: without it, ON CONFLICT could read as a join's ON.
+            f" FROM jsonb_to_recordset(%s::jsonb) AS x({types}) WHERE true{tail}"
+        )
+        json_values = [(f.column, _column_value(f, existing)) for f in fields]
+        return _InsertShape(sql, "", "", len(fields), json_values, [])
+    sql = f"INSERT INTO {table} ({columns}) VALUES "  # noqa: S608
+    row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    values = [_column_value(f, existing, json_ready=False) for f in fields]
+    return _InsertShape(sql, tail, row_sql, len(fields), [], values)
+
+
+def writes_sets() -> bool:
+    """Whether :func:`insert` can write a batch itself here, reading back what it inserted
+    (PostgreSQL, or SQLite 3.35+ with RETURNING); elsewhere callers go row by row."""
+    return connection.vendor in ("postgresql", "sqlite") and bool(
+        connection.features.can_return_rows_from_bulk_insert
+    )
+
+
+def _column_value(
+    field: models.Field, existing: bool, *, json_ready: bool = True
+) -> Callable[[Any], Any]:
+    """A function giving ``field``'s value of a row to write: ``auto_now`` stamped, an
+    ``existing`` row keeping its ``auto_now_add`` value, a dict row giving values by attname
+    (default: the field's). Prepared for the database: plain strings, numbers and booleans as
+    they are; with
+    ``json_ready``, JSON values as they are and Decimal and aware datetimes as strings (for a
+    JSON document); the rest through the field's own preparation."""
+    attname = field.attname
+    stamped = getattr(field, "auto_now", False) or (
+        getattr(field, "auto_now_add", False) and not existing
+    )
+    as_is = json_ready and isinstance(field, models.JSONField)
+    plain = not isinstance(field, models.JSONField)
+
+    def value(row: Any) -> Any:
+        if isinstance(row, dict):
+            found = row[attname] if attname in row else field.get_default()
+        elif stamped:
+            found = field.pre_save(row, True)
+        else:
+            found = getattr(row, attname)
+        if found is None or as_is:
+            return found
+        kind = type(found)
+        if plain and kind in _JSON_READY:
+            return found
+        if not json_ready:
+            return field.get_db_prep_save(found, connection)
+        if kind is Decimal:
+            return str(found)
+        if kind is datetime.datetime and found.tzinfo is not None:
+            return found.isoformat()
+        return field.get_db_prep_save(found, connection)
+
+    return value
+
+
+_JSON_READY = frozenset({str, int, bool, float})
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    raise TypeError(f"cannot write {type(value).__name__} through a JSON document")
+
+
+def _upsert_with_django(model: type[M], rows: list[M], unique_fields: list[str]) -> None:
+    """:func:`insert` with ``conflict`` through bulk_create, for other databases."""
+    opts = model._meta
+    kept = [f for f in opts.concrete_fields if getattr(f, "auto_now_add", False)]
+    fields = [
+        f.name
+        for f in opts.concrete_fields
+        if not f.primary_key and f.name not in unique_fields and f not in kept
+    ]
+    saved = [(row.pk, [getattr(row, f.attname) for f in kept]) for row in rows]
+    for row in rows:
+        row.pk = None  # insert without the pk: the conflict on unique_fields finds the row
+    try:
+        model._default_manager.bulk_create(
+            rows, update_conflicts=True, unique_fields=unique_fields, update_fields=fields
+        )
+    finally:
+        for row, (pk, values) in zip(rows, saved, strict=True):
+            row.pk = pk
+            row._state.adding = False
+            for f, value in zip(kept, values, strict=True):
+                setattr(row, f.attname, value)

@@ -1,0 +1,72 @@
+"""The statement runner the mirror and the outbox share (django_talonone._db): results reach
+their callbacks in order, on PostgreSQL only once the pipeline has been answered, and an error
+surfaces as Django's and takes the transaction down with it."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import IntegrityError, connection, transaction
+
+from django_talonone import _db
+from django_talonone.models import CustomerProfile, Push
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _count_sql() -> str:
+    table = connection.ops.quote_name(CustomerProfile._meta.db_table)
+    return f"SELECT COUNT(*) FROM {table} WHERE integration_id = %s"
+
+
+def test_results_reach_their_callbacks_in_order_and_after_the_writes_before_them():
+    seen: list[tuple[str, int]] = []
+    with transaction.atomic(), _db.together():
+        _db.execute(_count_sql(), ["p1"], lambda c: seen.append(("before", c.fetchone()[0])))
+        _db.insert(CustomerProfile, [CustomerProfile(integration_id="p1")])
+        _db.execute(_count_sql(), ["p1"], lambda c: seen.append(("after", c.fetchone()[0])))
+        if _db.pipelined():
+            assert seen == []  # only queued: nothing has been answered yet
+    assert seen == [("before", 0), ("after", 1)]
+    assert CustomerProfile.objects.filter(integration_id="p1").exists()
+
+
+def test_returning_inserts_get_their_pks_when_the_block_ends():
+    rows = [CustomerProfile(integration_id="a"), CustomerProfile(integration_id="b")]
+    with transaction.atomic(), _db.together():
+        _db.insert(CustomerProfile, rows, returning=True)
+    assert [row.pk for row in rows] == list(
+        CustomerProfile.objects.order_by("pk").values_list("pk", flat=True)
+    )
+    assert all(not row._state.adding for row in rows)
+
+
+def test_an_error_is_djangos_and_the_transaction_is_rolled_back():
+    CustomerProfile.objects.create(integration_id="taken")
+    with pytest.raises(IntegrityError), transaction.atomic(), _db.together():
+        _db.insert(CustomerProfile, [CustomerProfile(integration_id="new")])
+        _db.insert(CustomerProfile, [CustomerProfile(integration_id="taken")])
+    assert list(CustomerProfile.objects.values_list("integration_id", flat=True)) == ["taken"]
+    # The connection is usable again afterwards.
+    assert Push.objects.count() == 0
+
+
+def test_nested_blocks_join_the_outer_one():
+    seen: list[int] = []
+    with transaction.atomic(), _db.together():
+        with _db.together():
+            _db.execute("SELECT 1", [], lambda c: seen.append(c.fetchone()[0]))
+        if _db.pipelined():
+            assert seen == []
+    assert seen == [1]
+
+
+@pytest.mark.postgres
+def test_an_insert_that_must_answer_at_once_is_refused_in_a_pipeline():
+    row = CustomerProfile(integration_id="x")
+    with pytest.raises(RuntimeError), transaction.atomic(), _db.together():
+        _db.insert(CustomerProfile, [row], conflict=["integration_id"], ignore=True)
+
+
+@pytest.mark.postgres
+def test_postgresql_with_psycopg3_sends_pipelines():
+    assert _db.pipelined() is True
