@@ -107,14 +107,10 @@ def execute(sql: str, params: Sequence[Any] = (), then: Callable[[Any], Any] | N
 def select_sql(model: type[models.Model], where: str, order_by: str, lock: bool) -> str:
     """``SELECT`` of every concrete column of ``model`` (in field order) ``WHERE where``.
 
-    ``lock``: ``FOR UPDATE`` where the database has it (with ``OF`` the model's table when the
-    database needs naming it).
+    ``lock``: ``FOR UPDATE`` where the database has it.
     """
-    qn = connection.ops.quote_name
-    opts = model._meta
-    table = qn(opts.db_table)
-    columns = ", ".join(f"{table}.{qn(f.column)}" for f in opts.concrete_fields)
-    sql = f"SELECT {columns} FROM {table} WHERE {where}"  # noqa: S608
+    table = connection.ops.quote_name(model._meta.db_table)
+    sql = f"SELECT {columns(model, table)} FROM {table} WHERE {where}"  # noqa: S608
     if order_by:
         sql += f" ORDER BY {order_by}"
     if lock and connection.features.has_select_for_update:
@@ -122,13 +118,21 @@ def select_sql(model: type[models.Model], where: str, order_by: str, lock: bool)
     return sql
 
 
-def instances(model: type[M]) -> Callable[[Any], list[M]]:
-    """A ``then`` that reads the rows of a :func:`select_sql` into ``model`` instances, each value
-    converted as the ORM would."""
-    return statement(_instances, model)
+def columns(model: type[models.Model], qualifier: str) -> str:
+    """Every concrete column of ``model``, in field order, as ``qualifier.column``: the select
+    list :func:`instances` reads."""
+    qn = connection.ops.quote_name
+    return ", ".join(f"{qualifier}.{qn(f.column)}" for f in model._meta.concrete_fields)
 
 
-def _instances(model: type[M]) -> Callable[[Any], list[M]]:
+def instances(model: type[M], *extra: str) -> Callable[[Any], list[M]]:
+    """A ``then`` that reads rows of :func:`columns` into ``model`` instances, each value
+    converted as the ORM would; the values of further columns after them are set on each
+    instance as attributes named ``extra``."""
+    return statement(_instances, model, extra)
+
+
+def _instances(model: type[M], extra: tuple[str, ...]) -> Callable[[Any], list[M]]:
     opts = model._meta
     table = opts.db_table
     converters = []
@@ -140,18 +144,21 @@ def _instances(model: type[M]) -> Callable[[Any], list[M]]:
     alias = connection.alias
     from_db = model.from_db
     attnames = [f.attname for f in opts.concrete_fields]
+    width = len(attnames)
 
     def read(cursor: Any) -> list[M]:
-        rows = cursor.fetchall()
         made = []
-        for row in rows:
-            values = list(row)
+        for row in cursor.fetchall():
+            values = list(row[:width])
             for index, column, funcs in converters:
                 value = values[index]
                 for func in funcs:
                     value = func(value, column, connection)
                 values[index] = value
-            made.append(from_db(alias, attnames, values))
+            instance = from_db(alias, attnames, values)
+            for name, value in zip(extra, row[width:], strict=True):
+                setattr(instance, name, value)
+            made.append(instance)
         return made
 
     return read

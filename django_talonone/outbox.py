@@ -742,6 +742,10 @@ setting_changed.connect(_reset_clients)
 # the ORM (Exists subqueries, F expressions) cost more CPU than running them.
 
 
+# The extra columns _head_sql reads after the row's own.
+HEAD = ("blocked", "has_later")
+
+
 def _lock_head(key: str) -> Push | None:
     """The key's first unfinished row (locked on PostgreSQL), or None when another worker holds
     it. The row carries ``has_later``: whether unfinished rows of the key follow it.
@@ -752,7 +756,9 @@ def _lock_head(key: str) -> Push | None:
     """
     skip_locked = bool(connection.features.has_select_for_update_skip_locked)
     sql = _db.statement(_head_sql, skip_locked)
-    rows = list(Push.objects.raw(sql, [*UNFINISHED, *UNFINISHED, key, *UNFINISHED]))
+    rows: list[Push] = []
+    params = [*UNFINISHED, *UNFINISHED, key, *UNFINISHED]
+    _db.execute(sql, params, lambda cursor: rows.extend(_db.instances(Push, *HEAD)(cursor)))
     head = rows[0] if rows else None
     if head is not None and skip_locked and head.blocked:
         return None
@@ -821,7 +827,7 @@ def _claim_sets_sql(c: dict[str, str]) -> str:
 def _head_sql(skip_locked: bool) -> str:
     c = _columns()
     sql = (
-        f"SELECT p.*, {_others_sql(c, '<')} AS blocked,"  # noqa: S608
+        f"SELECT {_db.columns(Push, 'p')}, {_others_sql(c, '<')} AS blocked,"  # noqa: S608
         f" {_others_sql(c, '>')} AS has_later"
         f" FROM {c['table']} p WHERE p.{c['key']} = %s AND p.{c['state']} IN (%s, %s)"
         f" ORDER BY p.{c['id']} LIMIT 1"
@@ -878,11 +884,11 @@ def _claim_batch(
         with transaction.atomic():
             due = due_by or now
             stamp = Push._meta.get_field("next_attempt_at").get_db_prep_save(due, connection)
-            heads = list(
-                Push.objects.raw(
-                    _db.statement(_batch_heads_sql, skip_locked),
-                    [*UNFINISHED, Push.State.PENDING, stamp, *UNFINISHED, size],
-                )
+            heads: list[Push] = []
+            _db.execute(
+                _db.statement(_batch_heads_sql, skip_locked),
+                [*UNFINISHED, Push.State.PENDING, stamp, *UNFINISHED, size],
+                lambda cursor: heads.extend(_db.instances(Push, "has_later")(cursor)),
             )
             folds = {h.pk for h in heads if h.has_later and _is_plain_update(h)}
             folding = [h.key for h in heads if h.pk in folds]
@@ -923,7 +929,8 @@ def _set_claimed(push: Push, token: str, now: datetime.datetime) -> None:
 def _batch_heads_sql(skip_locked: bool) -> str:
     c = _columns()
     sql = (
-        f"SELECT p.*, {_others_sql(c, '>')} AS has_later FROM {c['table']} p"  # noqa: S608
+        f"SELECT {_db.columns(Push, 'p')}, {_others_sql(c, '>')} AS has_later"  # noqa: S608
+        f" FROM {c['table']} p"
         f" WHERE p.{c['state']} = %s AND p.{c['next_attempt_at']} <= %s"
         f" AND NOT {_others_sql(c, '<')} ORDER BY p.{c['id']} LIMIT %s"
     )
@@ -995,8 +1002,7 @@ def _run_together(
 
     def mark_done(sessions: list[CustomerSession]) -> None:
         # Among the mirror's writes: on PostgreSQL, no wait of its own.
-        owners = {pk: session.pk for pk, session in zip(ids, sessions, strict=True)}
-        _queue_update_claimed(ids, token, {**_done_fields(now), "session": owners}, counted)
+        _queue_update_claimed(ids, token, _done_fields(now), counted, session_by_key=True)
 
     try:
         with transaction.atomic():
@@ -1502,23 +1508,20 @@ def _update_claimed(push: Push, token: str, **fields: Any) -> int:
 
 
 def _queue_update_claimed(
-    pks: list[int], token: str, fields: dict[str, Any], counted: list[int]
+    pks: list[int],
+    token: str,
+    fields: dict[str, Any],
+    counted: list[int],
+    *,
+    session_by_key: bool = False,
 ) -> None:
     """The UPDATE of :func:`_update_claimed` for rows ``pks``, through :func:`_db.execute` (so it
     can join a pipeline); how many rows it changed is appended to ``counted``. A field's value
-    may be a model instance (its pk is written) or, for ``session``, a dict of values by row pk."""
-    names = tuple(fields)
-    cases = tuple(name for name, value in fields.items() if isinstance(value, dict))
-    params: list[Any] = []
-    for name, value in fields.items():
-        field = Push._meta.get_field(name)
-        if isinstance(value, dict):
-            for pk in pks:
-                params += [pk, _db_value(field, value.get(pk))]
-        else:
-            params.append(_db_value(field, value))
+    may be a model instance (its pk is written). ``session_by_key``: each row is also linked to
+    the mirrored session its key names."""
+    params = [_db_value(Push._meta.get_field(name), value) for name, value in fields.items()]
     params += [*pks, token]
-    sql = _db.statement(_update_claimed_sql, names, cases, len(pks))
+    sql = _db.statement(_update_claimed_sql, tuple(fields), len(pks), session_by_key)
     _db.execute(sql, params, lambda cursor: counted.append(cursor.rowcount))
 
 
@@ -1528,21 +1531,22 @@ def _db_value(field: Any, value: Any) -> Any:
     return field.get_db_prep_save(value, connection)
 
 
-def _update_claimed_sql(names: tuple[str, ...], cases: tuple[str, ...], count: int) -> str:
+def _update_claimed_sql(names: tuple[str, ...], count: int, session_by_key: bool) -> str:
     qn = connection.ops.quote_name
     opts = Push._meta
-    pk = qn(opts.pk.column)
-    sets = []
-    for name in names:
-        column = qn(opts.get_field(name).column)
-        if name in cases:
-            whens = " ".join([f"WHEN {pk} = %s THEN %s"] * count)
-            sets.append(f"{column} = CASE {whens} END")
-        else:
-            sets.append(f"{column} = %s")
+    table, pk = qn(opts.db_table), qn(opts.pk.column)
+    sets = [f"{qn(opts.get_field(name).column)} = %s" for name in names]
+    if session_by_key:
+        session = CustomerSession._meta
+        named = (
+            f"SELECT s.{qn(session.pk.column)} FROM {qn(session.db_table)} s"  # noqa: S608
+            f" WHERE s.{qn(session.get_field('integration_id').column)}"
+            f" = SUBSTR({table}.{qn(opts.get_field('key').column)}, {len(session_key('')) + 1})"
+        )
+        sets.append(f"{qn(opts.get_field('session').column)} = ({named})")
     claimed = qn(opts.get_field("claimed_by").column)
     return (
-        f"UPDATE {qn(opts.db_table)} SET {', '.join(sets)}"  # noqa: S608
+        f"UPDATE {table} SET {', '.join(sets)}"  # noqa: S608
         f" WHERE {pk} IN ({_db.marks(count)}) AND {claimed} = %s"
     )
 
