@@ -91,6 +91,7 @@ PERSONAL_KEYS = frozenset(
 TERMINAL_PUSH_STATES = (Push.State.DONE, Push.State.FAILED, Push.State.DEAD)
 
 M = TypeVar("M", bound=models.Model)
+_EFFECT_SESSION = Effect._meta.get_field("session")
 
 
 def mirror_session_answer(
@@ -742,23 +743,29 @@ def _effect_row(
     position = props.get("position", props.get("cartItemPosition"))
     sub_position = props.get("subPosition", props.get("cartItemSubPosition"))
     effect_type = str(effect.get("effectType") or "")
-    return Effect(
-        session=session,
-        campaign_id=_int(effect.get("campaignId")) or 0,
-        ruleset_id=_int(effect.get("rulesetId")),
-        rule_index=_int(effect.get("ruleIndex")),
-        rule_name=str(effect.get("ruleName") or "")[:500],
-        effect_type=effect_type[:100],
-        props=props,
-        position=_int(position),
-        sub_position=_int(sub_position),
-        triggered_by_coupon=_int(effect.get("triggeredByCoupon")),
-        coupon_code=_coupon_code(effect, effect_type, props, codes)[:100],
-        evaluation=session.update_count,
-        is_current=True,
-        raw=dict(effect),
-        created_at=now,
+    row = _db.make(
+        Effect,
+        {
+            "id": None,
+            "session_id": session.pk,
+            "campaign_id": _int(effect.get("campaignId")) or 0,
+            "ruleset_id": _int(effect.get("rulesetId")),
+            "rule_index": _int(effect.get("ruleIndex")),
+            "rule_name": str(effect.get("ruleName") or "")[:500],
+            "effect_type": effect_type[:100],
+            "props": props,
+            "position": _int(position),
+            "sub_position": _int(sub_position),
+            "triggered_by_coupon": _int(effect.get("triggeredByCoupon")),
+            "coupon_code": _coupon_code(effect, effect_type, props, codes)[:100],
+            "evaluation": session.update_count,
+            "is_current": True,
+            "raw": dict(effect),
+            "created_at": now,
+        },
     )
+    _EFFECT_SESSION.set_cached_value(row, session)
+    return row
 
 
 def _accepted_codes(effects: list[Mapping[str, Any]]) -> dict[tuple[int | None, int | None], str]:

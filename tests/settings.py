@@ -1,5 +1,6 @@
 """Django settings for the test suite: SQLite in memory by default, PostgreSQL when asked."""
 
+import json
 import os
 
 SECRET_KEY = "tests-only-not-secret"
@@ -50,6 +51,8 @@ if os.environ.get("TALONONE_TEST_DB") == "postgres":
             "USER": os.environ.get("PGUSER", "postgres"),
             "HOST": os.environ.get("PGHOST", "127.0.0.1"),
             "PORT": os.environ.get("PGPORT", "5432"),
+            # Extra connection OPTIONS as JSON (the benches compare prepared statements).
+            "OPTIONS": json.loads(os.environ.get("TALONONE_TEST_PG_OPTIONS") or "{}"),
         }
     }
 else:

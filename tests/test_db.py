@@ -4,11 +4,15 @@ surfaces as Django's and takes the transaction down with it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.db import IntegrityError, connection, transaction
+from django.db.models.signals import post_init
+from django.utils import timezone
 
 from django_talonone import _db
-from django_talonone.models import CustomerProfile, Push
+from django_talonone.models import CustomerProfile, CustomerSession, Effect, Push
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -70,3 +74,57 @@ def test_an_insert_that_must_answer_at_once_is_refused_in_a_pipeline():
 @pytest.mark.postgres
 def test_postgresql_with_psycopg3_sends_pipelines():
     assert _db.pipelined() is True
+
+
+def _values_of(instance: Any) -> dict[str, Any]:
+    return {f.attname: getattr(instance, f.attname) for f in type(instance)._meta.concrete_fields}
+
+
+def _effect_values(session: CustomerSession) -> dict[str, Any]:
+    values = _values_of(Effect(session=session, campaign_id=7, props={"value": 1}, raw={"a": 1}))
+    values["created_at"] = timezone.now()
+    return values
+
+
+def test_made_rows_are_what_the_model_makes_of_the_same_values():
+    session = CustomerSession.objects.create(integration_id="s1")
+    values = _effect_values(session)
+    made, built = _db.make(Effect, values), Effect(**values)
+    assert _values_of(made) == _values_of(built)
+    assert (made._state.adding, made._state.db) == (True, None)
+    made.save()  # a usable unsaved row
+    assert Effect.objects.get(pk=made.pk).props == {"value": 1}
+
+
+def _read_all(model: Any) -> list[Any]:
+    read: list[Any] = []
+    sql = _db.select_sql(model, "1 = 1", "", lock=False)
+    _db.execute(sql, [], lambda cursor: read.extend(_db.instances(model)(cursor)))
+    return read
+
+
+def test_rows_read_are_what_the_orm_reads():
+    session = CustomerSession.objects.create(integration_id="s1", raw={"x": [1, 2]})
+    Effect.objects.create(session=session, campaign_id=3, props={"p": True}, raw={"r": "s"})
+    for model in (CustomerSession, Effect):
+        read = _read_all(model)
+        orm = list(model.objects.all())
+        assert [_values_of(r) for r in read] == [_values_of(r) for r in orm]
+        assert all((r._state.adding, r._state.db) == (False, "default") for r in read)
+
+
+def test_model_init_receivers_still_see_every_row():
+    seen: list[Any] = []
+
+    def receiver(sender: Any, instance: Any, **kwargs: Any) -> None:
+        seen.append(instance)
+
+    values = _effect_values(CustomerSession.objects.create(integration_id="s1"))
+    post_init.connect(receiver, sender=Effect)
+    try:
+        made = _db.make(Effect, values)
+        made.save()
+        read = _read_all(Effect)
+    finally:
+        post_init.disconnect(receiver, sender=Effect)
+    assert seen == [made, *read] and seen[0] is made and seen[1] is read[0]
