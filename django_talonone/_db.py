@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,8 @@ from typing import Any, TypeVar
 from django.db import connection, models
 from django.db.models.base import ModelState
 from django.db.models.signals import post_init, pre_init
+
+from . import _json
 
 M = TypeVar("M", bound=models.Model)
 
@@ -141,6 +142,8 @@ def _instances(model: type[M], extra: tuple[str, ...]) -> Callable[[Any], list[M
     for index, field in enumerate(opts.concrete_fields):
         column = field.get_col(table)
         found = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
+        if isinstance(field, models.JSONField) and found == [field.from_db_value]:
+            found = [_json_column(field)]
         if found:
             converters.append((index, column, found))
     alias = connection.alias
@@ -203,6 +206,22 @@ def _bare(model: type[M], db: str | None) -> M:
     return instance
 
 
+def _json_column(field: models.JSONField) -> Callable[[Any, Any, Any], Any]:
+    """The JSONField's own from_db_value, with the common case (a JSON text and no decoder of
+    the field's own) decoded by :func:`_json.loads`."""
+    own = field.from_db_value
+
+    def convert(value: Any, expression: Any, conn: Any) -> Any:
+        if isinstance(value, str) and field.decoder is None:
+            try:
+                return _json.loads(value)
+            except ValueError:
+                pass
+        return own(value, expression, conn)
+
+    return convert
+
+
 def marks(count: int) -> str:
     """``%s, %s, ...``: ``count`` placeholders."""
     return ", ".join(["%s"] * count)
@@ -252,7 +271,7 @@ def insert(
     if vendor == "postgresql":
         columns_of = shape.json_values
         document = [{column: value(row) for column, value in columns_of} for row in rows]
-        statements.append((rows, shape.sql, [json.dumps(document, default=_json_default)]))
+        statements.append((rows, shape.sql, [_json.dumps(document, _json_default)]))
     else:
         per_statement = max(1, (connection.features.max_query_params or 999) // shape.width)
         values = shape.values

@@ -21,6 +21,7 @@ import requests.utils
 from requests.cookies import RequestsCookieJar
 from requests.structures import CaseInsensitiveDict
 
+from .. import _json
 from . import errors
 from .operations import OperationsMixin
 
@@ -230,7 +231,7 @@ class IntegrationClient(OperationsMixin):
                     return None
                 raise self._malformed(op, method, path, status, "empty body")
             try:
-                decoded = json.loads(content)
+                decoded = _json.loads(content)
             except ValueError:
                 raise self._malformed(op, method, path, status, "body is not JSON") from None
             expected = list if (op["response"] or "").startswith("list[") else dict
@@ -243,7 +244,7 @@ class IntegrationClient(OperationsMixin):
         if key in content:  # a gateway or the API may echo the Authorization header back
             content = content.replace(key, b"***")
         try:
-            err_body: Any = json.loads(content) if content else None
+            err_body: Any = _json.loads(content) if content else None
         except ValueError:
             err_body = self._redact(resp.text)[:500]  # redact first: the cut may split the key
         exc = errors.error_for_status(
