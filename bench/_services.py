@@ -160,14 +160,19 @@ def machine_info(**extra: Any) -> dict[str, Any]:
 
 
 def django_versions() -> dict[str, Any]:
-    """Django's and Celery's versions, for :func:`machine_info`."""
+    """Django's, Celery's and orjson's versions (orjson: None when the library's JSON falls back
+    to the standard library), for :func:`machine_info`."""
     import django
 
-    found: dict[str, Any] = {"django": django.get_version()}
+    found: dict[str, Any] = {"django": django.get_version(), "orjson": None}
     with contextlib.suppress(ImportError):
         import celery
 
         found["celery"] = celery.__version__
+    with contextlib.suppress(ImportError):
+        import orjson
+
+        found["orjson"] = orjson.__version__
     return found
 
 

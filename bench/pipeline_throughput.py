@@ -147,6 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="TALONONE['SEND_CONCURRENCY'] for the workers (default: the library's)",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the scenarios this many rounds and report each one's median run (the"
+        " machine's speed drifts by a fifth from minute to minute)",
+    )
     parser.add_argument("--no-extra", action="store_true", help="skip the few-keys scenarios")
     parser.add_argument("--only", help="run only scenarios whose name contains this")
     parser.add_argument("--database", default="talonone_bench", help="PostgreSQL database")
@@ -183,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         machine = machine_info(**django_versions())
         print(
             f"pipeline_throughput: Python {machine['python']}, Django {machine['django']},"
-            f" Celery {machine.get('celery')}, {machine['cpu_count']} CPU"
+            f" Celery {machine.get('celery')}, orjson {machine.get('orjson')},"
+            f" {machine['cpu_count']} CPU"
             f" ({machine['cpu_model']}), load {machine['loadavg_1m']}"
         )
         print(
@@ -194,16 +202,19 @@ def main(argv: list[str] | None = None) -> int:
             f" BATCH_SIZE {tsettings.BATCH_SIZE}, SEND_CONCURRENCY {tsettings.SEND_CONCURRENCY}"
         )
         _purge_queue()
-        for scenario in scenarios:
-            result = run_scenario(scenario, sandbox, args)
-            results.append(result)
-            _print_row(result)
+        runs: dict[str, list[Result]] = {s.name: [] for s in scenarios}
+        for _round in range(max(1, args.repeat)):
+            for scenario in scenarios:
+                result = run_scenario(scenario, sandbox, args)
+                runs[scenario.name].append(result)
+                _print_row(result)
+        results = [_median_run(runs[s.name]) for s in scenarios]
         if args.profile:
             profile_text = profile_worker_path(sandbox, 500, fresh=args.fresh)
             print(profile_text)
         _purge_queue()
 
-    report = _report(results, args, machine)
+    report = _report(results, args, machine, runs)
     if profile_text is not None:
         report["profile"] = profile_text
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -653,10 +664,24 @@ def _cpu_by_process() -> dict[str, float]:
     return found
 
 
-def _report(results: list[Result], args: argparse.Namespace, machine: dict[str, Any]) -> dict:
+def _median_run(runs: list[Result]) -> Result:
+    """The run with the median pushes/s (the lower middle one of an even number)."""
+    ordered = sorted(runs, key=lambda r: r.pushes_per_s)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def _report(
+    results: list[Result],
+    args: argparse.Namespace,
+    machine: dict[str, Any],
+    runs: dict[str, list[Result]],
+) -> dict:
     by_name = {r.scenario.name: r for r in results}
     lat = f"{args.latency_ms:g}ms"
     head = ("workers", "latency", "pushes", "pushes/s", "speed-up", "409s")
+    rounds = max(len(found) for found in runs.values()) if runs else 1
+    if rounds > 1:
+        print(f"\nmedian of {rounds} runs per scenario (all runs: min-max)")
     print("\n" + " ".join(f"{h:>{w}}" for h, w in zip(head, (7, 8, 7, 9, 9, 5), strict=True)))
     table = []
     for r in results:
@@ -665,19 +690,22 @@ def _report(results: list[Result], args: argparse.Namespace, machine: dict[str, 
             continue
         base = by_name.get(f"1w-{s.latency_ms:g}ms")
         speedup = r.pushes_per_s / base.pushes_per_s if base and base.pushes_per_s else None
+        all_runs = [run.pushes_per_s for run in runs.get(s.name, [r])]
         table.append(
             {
                 "workers": s.workers,
                 "latency_ms": s.latency_ms,
                 "pushes": r.rows,
                 "pushes_per_s": r.pushes_per_s,
+                "pushes_per_s_runs": all_runs,
                 "speedup_vs_1_worker": round(speedup, 2) if speedup else None,
             }
         )
         shown = f"{speedup:.2f}x" if speedup else "-"
+        spread = f"  ({min(all_runs):.1f}-{max(all_runs):.1f})" if len(all_runs) > 1 else ""
         print(
             f"{s.workers:>7} {s.latency_ms:>6g}ms {r.rows:>7} {r.pushes_per_s:>9.1f}"
-            f" {shown:>9} {r.conflicts:>5}"
+            f" {shown:>9} {r.conflicts:>5}{spread}"
         )
     for r in results:
         s = r.scenario
@@ -723,6 +751,10 @@ def _report(results: list[Result], args: argparse.Namespace, machine: dict[str, 
         },
         "table": table,
         "scenarios": [{**asdict(r), "scenario": asdict(r.scenario)} for r in results],
+        "runs": {
+            name: [{**asdict(r), "scenario": r.scenario.name} for r in found]
+            for name, found in runs.items()
+        },
         "goals": goals,
     }
 
