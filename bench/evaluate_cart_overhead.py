@@ -56,13 +56,21 @@ sys.path.insert(0, str(ROOT))  # tests.settings, tests.shop
 DEFAULT_OUT = ROOT / "bench" / "results" / "evaluate_cart_overhead.json"
 PG_DATABASE = "talonone_bench_eval"
 GOAL_OVERHEAD_MS = 3.0
+# Django's PostgreSQL OPTIONS for statements bound and prepared by the server (psycopg's default
+# threshold: a statement is prepared on its fifth run); off by default in Django, for poolers.
+PREPARED_OPTIONS = {"server_side_binding": True, "prepare_threshold": 5}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1000, help="timed calls per contender (1000)")
     parser.add_argument("--warmup", type=int, default=100, help="untimed calls per contender")
-    parser.add_argument("--db", default="sqlite,postgres", help="databases (sqlite,postgres)")
+    parser.add_argument(
+        "--db",
+        default="sqlite,postgres",
+        help="databases (sqlite,postgres; postgres-prepared: PostgreSQL with server-side binding"
+        " and prepared statements, Django's OPTIONS server_side_binding and prepare_threshold)",
+    )
     parser.add_argument("--same-cart", action="store_true", help="the same cart every call")
     parser.add_argument(
         "--repeat",
@@ -116,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         " sandbox in its own process"
     )
     print(
-        f"\n{'database':<10} {'contender':<14} {'p50 ms':>7} {'p95 ms':>7} {'mean ms':>8}"
+        f"\n{'database':<17} {'contender':<14} {'p50 ms':>7} {'p95 ms':>7} {'mean ms':>8}"
         f" {'CPU p50':>8} {'queries':>8}"
     )
     goals = {}
@@ -125,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("bare", "evaluate_cart"):
             s = r["contenders"][name]
             print(
-                f"{db:<10} {name:<14} {s['p50_ms']:>7.2f} {s['p95_ms']:>7.2f} {s['mean_ms']:>8.2f}"
+                f"{db:<17} {name:<14} {s['p50_ms']:>7.2f} {s['p95_ms']:>7.2f} {s['mean_ms']:>8.2f}"
                 f" {s['cpu_p50_ms']:>8.2f} {s.get('queries', 0):>8}"
             )
         over = r["overhead"]
@@ -136,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             else ""
         )
         print(
-            f"{'':<10} overhead       {over['p50_ms']:>7.2f} {over['p95_ms']:>7.2f}"
+            f"{'':<17} overhead       {over['p50_ms']:>7.2f} {over['p95_ms']:>7.2f}"
             f"          {over['cpu_p50_ms']:>8.2f}   (evaluate_cart - bare{spread})"
         )
         goals[db] = {
@@ -172,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             "sandbox": "python -m django_talonone.sandbox, own process, demo campaigns",
             "sqlite": "tests.settings: in memory",
             "postgres": f"127.0.0.1, dedicated database {PG_DATABASE}",
+            "postgres-prepared": f"as postgres, with OPTIONS {PREPARED_OPTIONS}",
         },
         "results": {
             db: {k: v for k, v in r.items() if k != "machine"} for db, r in results.items()
@@ -210,7 +219,10 @@ def child(args: argparse.Namespace) -> int:
     os.environ["TALONONE_TEST_API_KEY"] = "sandbox-api-key"
     os.environ.pop("TALONONE_TEST_SETTINGS", None)
     stack = contextlib.ExitStack()
-    if args.child == "postgres":
+    os.environ.pop("TALONONE_TEST_PG_OPTIONS", None)
+    if args.child == "postgres-prepared":
+        os.environ["TALONONE_TEST_PG_OPTIONS"] = json.dumps(PREPARED_OPTIONS)
+    if args.child.startswith("postgres"):
         os.environ["TALONONE_TEST_DB"] = "postgres"
         os.environ["PGDATABASE"] = PG_DATABASE
         stack.enter_context(postgres_database(PG_DATABASE))
