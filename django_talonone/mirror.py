@@ -1222,7 +1222,7 @@ def _read_rows(items: Sequence[SessionAnswer], ids: list[str], loyal: set[str]) 
     missing = [sid for sid in ids if sid not in found.sessions]
     raced = False
     if missing:
-        made, created = _lock_rows(CustomerSession, missing)
+        made, created = _lock_rows(CustomerSession, missing, absent=True)
         found.sessions.update(made)
         raced = len(created) < len(missing)
         for sid in missing:
@@ -1231,7 +1231,7 @@ def _read_rows(items: Sequence[SessionAnswer], ids: list[str], loyal: set[str]) 
     wanted = sorted({p for p in found.profile_of.values() if p})
     absent = [p for p in wanted if p not in found.profiles]
     if absent:
-        made, found.fresh = _lock_rows(CustomerProfile, absent)
+        made, found.fresh = _lock_rows(CustomerProfile, absent, absent=True)
         found.profiles.update(made)
         raced = raced or len(found.fresh) < len(absent)
     if raced:
@@ -1385,10 +1385,13 @@ def _reevaluate_sql(count: int) -> str:
     )
 
 
-def _lock_rows(model: type[M], integration_ids: Sequence[str]) -> tuple[dict[str, M], set[str]]:
-    """The rows of these integration ids, locked in id order (created one by one where missing);
-    and the ids whose rows this transaction created."""
-    rows = {row.integration_id: row for row in _locked(model, list(integration_ids))}
+def _lock_rows(
+    model: type[M], integration_ids: Sequence[str], *, absent: bool = False
+) -> tuple[dict[str, M], set[str]]:
+    """The rows of these integration ids, locked in id order (created where missing); and the
+    ids whose rows this transaction created. ``absent``: none of them was found just now, so
+    they are not looked for again before they are created."""
+    rows = {} if absent else {r.integration_id: r for r in _locked(model, list(integration_ids))}
     missing = [i for i in integration_ids if i not in rows]
     if not missing:
         return rows, set()

@@ -527,11 +527,12 @@ def test_loyalty_balances_with_tiers():
 
 
 def racing_reads(*models):
-    """Patch the mirror's reads (QuerySet.get, and the locked read of sessions and profiles) so
-    that the first read of a missing row of each model misses while another worker inserts that
-    row: our insert then meets the unique constraint."""
+    """Patch the mirror so that, for each model, the first row it finds missing is inserted by
+    another worker just before the mirror inserts it: at QuerySet.get (one row at a time), or
+    where the session writer creates the sessions and profiles its reads did not find. Our
+    insert then meets the unique constraint (or ON CONFLICT)."""
     real_get = QuerySet.get
-    real_locked = mirror._locked
+    real_lock_rows = mirror._lock_rows
     raced = []
 
     def get(self, *args, **kwargs):
@@ -544,19 +545,22 @@ def racing_reads(*models):
                 raise
         return real_get(self, *args, **kwargs)
 
-    def locked(model, integration_ids):
-        found = real_locked(model, integration_ids)
-        if model in models and model not in raced and len(found) < len(integration_ids):
-            raced.append(model)
-            have = {row.integration_id for row in found}
-            model.objects.bulk_create(  # the other worker
-                [model(integration_id=i) for i in integration_ids if i not in have]
+    def lock_rows(model, integration_ids, **kwargs):
+        if model in models and model not in raced:
+            have = set(
+                model.objects.filter(integration_id__in=integration_ids).values_list(
+                    "integration_id", flat=True
+                )
             )
-        return found
+            lacking = [i for i in integration_ids if i not in have]
+            if lacking:
+                raced.append(model)
+                model.objects.bulk_create([model(integration_id=i) for i in lacking])
+        return real_lock_rows(model, integration_ids, **kwargs)
 
     patches = contextlib.ExitStack()
     patches.enter_context(mock.patch.object(QuerySet, "get", get))
-    patches.enter_context(mock.patch.object(mirror, "_locked", locked))
+    patches.enter_context(mock.patch.object(mirror, "_lock_rows", lock_rows))
     return patches, raced
 
 
@@ -568,6 +572,23 @@ def test_a_concurrent_insert_of_the_same_row_is_survived():
     assert CustomerSession.objects.filter(integration_id=SID).count() == 1
     assert session.pk == CustomerSession.objects.get().pk
     assert len(current(session)) == len(OPEN_EFFECTS)
+
+
+def test_rows_another_worker_hung_on_a_session_it_created_first_are_seen():
+    """The session is missing when read; another worker creates it, with a current effect,
+    before our insert: that effect is read after all, and replaced like any current set."""
+    real_lock_rows = mirror._lock_rows
+
+    def lock_rows(model, integration_ids, **kwargs):
+        if model is CustomerSession and not CustomerSession.objects.exists():
+            other = CustomerSession.objects.create(integration_id=SID)  # the other worker
+            Effect.objects.create(session=other, campaign_id=9, raw={"other": 1})
+        return real_lock_rows(model, integration_ids, **kwargs)
+
+    with mock.patch.object(mirror, "_lock_rows", lock_rows):
+        session = mirror.mirror_session_answer(SID, session_answer())
+    assert [e.raw for e in current(session)] == OPEN_EFFECTS
+    assert not Effect.objects.filter(raw={"other": 1}).exists()  # an open session's old set
 
 
 def test_concurrent_inserts_of_profiles_and_balances_are_survived():
