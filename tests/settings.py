@@ -73,8 +73,6 @@ if os.environ.get("TALONONE_TEST_BASE_URL"):
         API_KEY=os.environ.get("TALONONE_TEST_API_KEY", "sandbox-api-key"),
     )
 if os.environ.get("TALONONE_TEST_SETTINGS"):
-    import json
-
     TALONONE.update(json.loads(os.environ["TALONONE_TEST_SETTINGS"]))
 
 CELERY_BROKER_URL = os.environ.get("TALONONE_TEST_BROKER", "redis://127.0.0.1:6379/15")
