@@ -1007,7 +1007,7 @@ def _run_together(
     try:
         with transaction.atomic():
             mirror.mirror_session_answers(items, also=mark_done)
-            updated = counted[0]
+            updated = counted[0] if counted else 0  # no items: nothing was marked
     except Exception:
         logger.exception(
             "mirroring %s answers together failed; mirroring them one by one", len(items)
