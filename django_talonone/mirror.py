@@ -1197,22 +1197,13 @@ def _read_rows(items: Sequence[SessionAnswer], ids: list[str], loyal: set[str]) 
     named = {item.session_id: _named_profile(item) for item in items}
     found = _Rows({}, {}, {}, set(), {}, {}, {})
 
-    def read_sessions(wanted: list[str]) -> None:
-        _db.execute(
-            _db.statement(_locked_sql, CustomerSession, len(wanted)),
-            wanted,
-            then=lambda cursor: found.sessions.update(
-                (row.integration_id, row) for row in _db.instances(CustomerSession)(cursor)
-            ),
-        )
-
     if all(name is not None for name in named.values()):
         found.profile_of = {sid: name or "" for sid, name in named.items()}
         with _db.together():
-            read_sessions(ids)
+            _locked(CustomerSession, ids, found.sessions)
             _read_dependents(found, ids, loyal)
     else:
-        read_sessions(ids)
+        _locked(CustomerSession, ids, found.sessions)
         for sid in ids:
             session = found.sessions.get(sid)
             known = session.profile_integration_id if session else ""
@@ -1222,7 +1213,7 @@ def _read_rows(items: Sequence[SessionAnswer], ids: list[str], loyal: set[str]) 
     missing = [sid for sid in ids if sid not in found.sessions]
     raced = False
     if missing:
-        made, created = _lock_rows(CustomerSession, missing, absent=True)
+        made, created = _create_missing(CustomerSession, missing)
         found.sessions.update(made)
         raced = len(created) < len(missing)
         for sid in missing:
@@ -1231,7 +1222,7 @@ def _read_rows(items: Sequence[SessionAnswer], ids: list[str], loyal: set[str]) 
     wanted = sorted({p for p in found.profile_of.values() if p})
     absent = [p for p in wanted if p not in found.profiles]
     if absent:
-        made, found.fresh = _lock_rows(CustomerProfile, absent, absent=True)
+        made, found.fresh = _create_missing(CustomerProfile, absent)
         found.profiles.update(made)
         raced = raced or len(found.fresh) < len(absent)
     if raced:
@@ -1247,14 +1238,9 @@ def _read_dependents(
 ) -> None:
     """Queue the reads of the profiles (locked), their loyalty rows (balances locked) and the
     sessions' current effects, by integration id; the results land in ``found``."""
-    wanted = sorted({p for p in found.profile_of.values() if p})
-    if profiles and wanted:
-        _db.execute(
-            _db.statement(_locked_sql, CustomerProfile, len(wanted)),
-            wanted,
-            then=lambda cursor: found.profiles.update(
-                (row.integration_id, row) for row in _db.instances(CustomerProfile)(cursor)
-            ),
+    if profiles:
+        _locked(
+            CustomerProfile, sorted({p for p in found.profile_of.values() if p}), found.profiles
         )
     members_of = sorted({found.profile_of[sid] for sid in loyal if found.profile_of.get(sid)})
     if members_of:
@@ -1303,29 +1289,32 @@ def _locked_sql(model: type[models.Model], count: int) -> str:
     return _db.select_sql(model, where, f"{table}.{column}", lock=True)
 
 
+def _pks_sql(model: type[models.Model], count: int) -> str:
+    """The pks of ``model``'s rows of ``count`` integration ids (a subquery)."""
+    qn = connection.ops.quote_name
+    opts = model._meta
+    return (
+        f"SELECT {qn(opts.pk.column)} FROM {qn(opts.db_table)}"  # noqa: S608
+        f" WHERE {qn(opts.get_field('integration_id').column)} IN ({_db.marks(count)})"
+    )
+
+
 def _owned_sql(model: type[models.Model], count: int) -> str:
     """The rows of ``model`` owned by the profiles of ``count`` integration ids (locked when
     they are balances), in id order."""
     qn = connection.ops.quote_name
-    profile = CustomerProfile._meta
     table = qn(model._meta.db_table)
     owner = qn(model._meta.get_field("profile").column)
-    ids = (
-        f"SELECT {qn(profile.pk.column)} FROM {qn(profile.db_table)}"  # noqa: S608
-        f" WHERE {qn(profile.get_field('integration_id').column)} IN ({_db.marks(count)})"
-    )
+    ids = _pks_sql(CustomerProfile, count)
     order = f"{table}.{qn(model._meta.pk.column)}"
     return _db.select_sql(model, f"{table}.{owner} IN ({ids})", order, lock=model is LoyaltyBalance)
 
 
 def _current_effects_sql(count: int) -> str:
     qn = connection.ops.quote_name
-    opts, session = Effect._meta, CustomerSession._meta
+    opts = Effect._meta
     table = qn(opts.db_table)
-    ids = (
-        f"SELECT {qn(session.pk.column)} FROM {qn(session.db_table)}"  # noqa: S608
-        f" WHERE {qn(session.get_field('integration_id').column)} IN ({_db.marks(count)})"
-    )
+    ids = _pks_sql(CustomerSession, count)
     where = (
         f"{table}.{qn(opts.get_field('is_current').column)} = %s"
         f" AND {table}.{qn(opts.get_field('session').column)} IN ({ids})"
@@ -1385,43 +1374,40 @@ def _reevaluate_sql(count: int) -> str:
     )
 
 
-def _lock_rows(
-    model: type[M], integration_ids: Sequence[str], *, absent: bool = False
+def _create_missing(
+    model: type[M], integration_ids: Sequence[str]
 ) -> tuple[dict[str, M], set[str]]:
-    """The rows of these integration ids, locked in id order (created where missing); and the
-    ids whose rows this transaction created. ``absent``: none of them was found just now, so
-    they are not looked for again before they are created."""
-    rows = {} if absent else {r.integration_id: r for r in _locked(model, list(integration_ids))}
-    missing = [i for i in integration_ids if i not in rows]
-    if not missing:
-        return rows, set()
+    """Create the rows of these integration ids, which a locked read just did not find; returns
+    them, locked, and the ids whose rows this transaction created (a row another transaction
+    inserted meanwhile is left alone, and not counted)."""
+    rows: dict[str, M] = {}
     if not _db.writes_sets():
         created = set()
-        for integration_id in missing:
+        for integration_id in integration_ids:
             rows[integration_id], made = _get_or_create(
                 model, {"integration_id": integration_id}, lock=True
             )
             if made:
                 created.add(integration_id)
         return rows, created
-    # One INSERT for all; a row another transaction inserted meanwhile is left alone (and not
-    # counted as created here).
-    new = [model(integration_id=integration_id) for integration_id in missing]
+    new = [model(integration_id=integration_id) for integration_id in integration_ids]
     created = set(_db.insert(model, new, conflict=["integration_id"], ignore=True))
-    for row in _locked(model, missing):
-        rows[row.integration_id] = row
+    _locked(model, list(integration_ids), rows)
     return rows, created
 
 
-def _locked(model: type[M], integration_ids: list[str]) -> list[M]:
+def _locked(model: type[M], integration_ids: list[str], into: dict[str, M]) -> None:
     """``SELECT ... WHERE integration_id IN (...) ORDER BY integration_id FOR UPDATE``, written
-    out once: on the checkout path the ORM spent longer building it than the database running it."""
+    out once: the rows land in ``into`` by integration id (at once, or at the end of the
+    enclosing :func:`_db.together` block)."""
     if not integration_ids:
-        return []
-    found: list[M] = []
+        return
     sql = _db.statement(_locked_sql, model, len(integration_ids))
-    _db.execute(sql, integration_ids, lambda cursor: found.extend(_db.instances(model)(cursor)))
-    return found
+
+    def then(cursor: Any) -> None:
+        into.update((row.integration_id, row) for row in _db.instances(model)(cursor))
+
+    _db.execute(sql, integration_ids, then)
 
 
 def _get_or_create(

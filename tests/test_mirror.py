@@ -532,7 +532,7 @@ def racing_reads(*models):
     where the session writer creates the sessions and profiles its reads did not find. Our
     insert then meets the unique constraint (or ON CONFLICT)."""
     real_get = QuerySet.get
-    real_lock_rows = mirror._lock_rows
+    real_create_missing = mirror._create_missing
     raced = []
 
     def get(self, *args, **kwargs):
@@ -545,7 +545,7 @@ def racing_reads(*models):
                 raise
         return real_get(self, *args, **kwargs)
 
-    def lock_rows(model, integration_ids, **kwargs):
+    def create_missing(model, integration_ids):
         if model in models and model not in raced:
             have = set(
                 model.objects.filter(integration_id__in=integration_ids).values_list(
@@ -556,11 +556,11 @@ def racing_reads(*models):
             if lacking:
                 raced.append(model)
                 model.objects.bulk_create([model(integration_id=i) for i in lacking])
-        return real_lock_rows(model, integration_ids, **kwargs)
+        return real_create_missing(model, integration_ids)
 
     patches = contextlib.ExitStack()
     patches.enter_context(mock.patch.object(QuerySet, "get", get))
-    patches.enter_context(mock.patch.object(mirror, "_lock_rows", lock_rows))
+    patches.enter_context(mock.patch.object(mirror, "_create_missing", create_missing))
     return patches, raced
 
 
@@ -577,15 +577,15 @@ def test_a_concurrent_insert_of_the_same_row_is_survived():
 def test_rows_another_worker_hung_on_a_session_it_created_first_are_seen():
     """The session is missing when read; another worker creates it, with a current effect,
     before our insert: that effect is read after all, and replaced like any current set."""
-    real_lock_rows = mirror._lock_rows
+    real_create_missing = mirror._create_missing
 
-    def lock_rows(model, integration_ids, **kwargs):
+    def create_missing(model, integration_ids):
         if model is CustomerSession and not CustomerSession.objects.exists():
             other = CustomerSession.objects.create(integration_id=SID)  # the other worker
             Effect.objects.create(session=other, campaign_id=9, raw={"other": 1})
-        return real_lock_rows(model, integration_ids, **kwargs)
+        return real_create_missing(model, integration_ids)
 
-    with mock.patch.object(mirror, "_lock_rows", lock_rows):
+    with mock.patch.object(mirror, "_create_missing", create_missing):
         session = mirror.mirror_session_answer(SID, session_answer())
     assert [e.raw for e in current(session)] == OPEN_EFFECTS
     assert not Effect.objects.filter(raw={"other": 1}).exists()  # an open session's old set
