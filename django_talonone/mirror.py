@@ -243,7 +243,7 @@ def _mirror_sessions(
     # Nothing below needs an answer before the end: on PostgreSQL, one wait for all of it.
     with _db.together():
         if carts:
-            _delete_current(CartItem, list(carts), current_only=False)
+            _delete_of(CartItem, list(carts))
             _db.insert(CartItem, [row for rows in carts.values() for row in rows])
         _db.upsert(CustomerProfile, dirty_profiles.values(), ["integration_id"])
         _db.insert(LoyaltyMembership, new_members)
@@ -253,7 +253,7 @@ def _mirror_sessions(
             LoyaltyBalance, dirty_balances.values(), ["profile", "program_id", "subledger_id"]
         )
         if by_old["delete"]:
-            _delete_current(Effect, by_old["delete"])
+            _delete_of(Effect, by_old["delete"])
         if by_old["retire"]:
             _retire_current(by_old["retire"])
         _db.insert(Effect, [row for plan in plans.values() for row in plan.new], returning=True)
@@ -1322,19 +1322,17 @@ def _current_effects_sql(count: int) -> str:
     return _db.select_sql(Effect, where, f"{table}.{qn(opts.pk.column)}", lock=False)
 
 
-def _delete_current(
-    model: type[models.Model], session_pks: list[int], *, current_only: bool = True
-) -> None:
-    """DELETE the rows of these sessions (effects: only the current ones)."""
-    sql = _db.statement(_delete_sql, model, len(session_pks), current_only)
-    _db.execute(sql, [True, *session_pks] if current_only else session_pks)
+def _delete_of(model: type[CartItem | Effect], session_pks: list[int]) -> None:
+    """DELETE these sessions' cart lines, or their current effects (history stays)."""
+    sql = _db.statement(_delete_sql, model, len(session_pks))
+    _db.execute(sql, [True, *session_pks] if model is Effect else session_pks)
 
 
-def _delete_sql(model: type[models.Model], count: int, current_only: bool) -> str:
+def _delete_sql(model: type[models.Model], count: int) -> str:
     qn = connection.ops.quote_name
     opts = model._meta
     sql = f"DELETE FROM {qn(opts.db_table)} WHERE "  # noqa: S608
-    if current_only:
+    if model is Effect:
         sql += f"{qn(opts.get_field('is_current').column)} = %s AND "
     return sql + f"{qn(opts.get_field('session').column)} IN ({_db.marks(count)})"
 
