@@ -5,7 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DJANGO ?=
 
-.PHONY: demo test test-unit test-integration test-django42 lint format bench sandbox clean
+.PHONY: demo test test-unit test-integration test-postgres test-postgres-prepared test-django42 lint \
+	format bench sandbox clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,16 +17,28 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) example_project/demo.py
 
-# The whole suite: lint, then unit + whole-flow tests on SQLite, then the integration suite on
-# PostgreSQL + Redis + real Celery workers (skipped with a hint on a laptop without them; a
-# failure under CI=true).
-test: $(VENV)/.installed lint test-unit test-integration
+# The whole suite: lint, then unit + whole-flow tests on SQLite, then the whole suite again on
+# PostgreSQL, which adds the integration tests (Redis + real Celery workers). Without PostgreSQL
+# or Redis the tests that need them skip with a hint on a laptop, and fail under CI=true.
+test: $(VENV)/.installed lint test-unit test-postgres
 
 test-unit: $(VENV)/.installed
 	$(VENV)/bin/pytest -m "not postgres and not redis and not worker"
 
+# Only the tests marked postgres, redis or worker.
 test-integration: $(VENV)/.installed
 	TALONONE_TEST_DB=postgres $(VENV)/bin/pytest -m "postgres or redis or worker" -p no:randomly
+
+# Every test on PostgreSQL: the pipelined reads and writes, SKIP LOCKED claims and JSON documents
+# only run there.
+test-postgres: $(VENV)/.installed
+	TALONONE_TEST_DB=postgres $(VENV)/bin/pytest
+
+# The same with server-side binding and prepared statements (see docs/operations.md).
+test-postgres-prepared: $(VENV)/.installed
+	TALONONE_TEST_DB=postgres \
+	TALONONE_TEST_PG_OPTIONS='{"server_side_binding": true, "prepare_threshold": 2}' \
+	$(VENV)/bin/pytest -m "not redis and not worker"
 
 # The same suite on the other supported Django LTS, in its own virtualenv.
 test-django42:

@@ -12,7 +12,7 @@ SERVICES = {
         5432,
         "PostgreSQL",
         "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start "
-        "(and run with TALONONE_TEST_DB=postgres, as `make test-integration` does)",
+        "(and run with TALONONE_TEST_DB=postgres, as `make test-postgres` does)",
     ),
     "redis": (
         6379,
@@ -31,8 +31,13 @@ def _port_open(port: int) -> bool:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Tests marked postgres/redis/worker need the service: skip on a laptop, fail in CI."""
+    """Tests marked postgres/redis/worker need the service: skip on a laptop, fail in CI.
+
+    With TALONONE_TEST_DB=postgres every test needs PostgreSQL (its database is the test database).
+    """
     needed = {m.name for m in item.iter_markers()} & {"postgres", "redis", "worker"}
+    if os.environ.get("TALONONE_TEST_DB") == "postgres":
+        needed.add("postgres")
     if "worker" in needed:
         needed |= {"postgres", "redis"}
     for name in sorted(needed & set(SERVICES)):
@@ -41,7 +46,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if not _port_open(port):
             problem = f"{label} is not running on 127.0.0.1:{port}; {hint}"
         elif name == "postgres" and os.environ.get("TALONONE_TEST_DB") != "postgres":
-            problem = "this test needs TALONONE_TEST_DB=postgres (run `make test-integration`)"
+            problem = "this test needs TALONONE_TEST_DB=postgres (run `make test-postgres`)"
         if problem:
             if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
                 pytest.fail(f"CI requires {label}: {problem}", pytrace=False)
