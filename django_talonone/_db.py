@@ -78,6 +78,7 @@ def together() -> Iterator[None]:
     try:
         with connection.wrap_database_errors, connection.connection.pipeline():
             yield
+        _state.waiting = None  # what a ``then`` runs goes out at once
         for cursor, then in waiting:
             if then is not None:
                 then(cursor)
@@ -231,9 +232,60 @@ def marks(count: int) -> str:
 
 
 def upsert(model: type[M], rows: Iterable[M], unique_fields: list[str]) -> None:
-    """Write these saved rows back in one INSERT ... ON CONFLICT (``unique_fields``) DO UPDATE of
-    every other column (``auto_now`` ones stamped; ``auto_now_add`` ones left as they are)."""
-    insert(model, list(rows), conflict=unique_fields)
+    """Write these saved rows back: every column but the pk, ``unique_fields`` and
+    ``auto_now_add`` ones (``auto_now`` ones stamped).
+
+    Several rows go in one INSERT ... ON CONFLICT (``unique_fields``) DO UPDATE. A single row
+    with a pk (the checkout path's usual case) goes as a plain UPDATE by its pk, which PostgreSQL
+    parses and plans in about half the time; should that row be gone, it is written by the
+    INSERT ... ON CONFLICT after all.
+    """
+    rows = list(rows)
+    if len(rows) != 1 or rows[0].pk is None or connection.vendor not in ("postgresql", "sqlite"):
+        insert(model, rows, conflict=unique_fields)
+        return
+    (row,) = rows
+    sql, values = statement(_update_shape, model, tuple(unique_fields))
+
+    def then(cursor: Any) -> None:
+        if cursor.rowcount == 0:
+            insert(model, rows, conflict=unique_fields)
+
+    execute(sql, [value(row) for value in values], then)
+
+
+def _update_shape(
+    model: type[models.Model], unique: tuple[str, ...]
+) -> tuple[str, list[Callable[[Any], Any]]]:
+    """:func:`upsert`'s UPDATE of one row by its pk, and a function per parameter giving its
+    value from the row (the pk last)."""
+    opts = model._meta
+    qn = connection.ops.quote_name
+    kept = {opts.get_field(name).attname for name in unique}
+    sets = []
+    values = []
+    for field in opts.concrete_fields:
+        if field.primary_key or field.attname in kept or getattr(field, "auto_now_add", False):
+            continue
+        if isinstance(field, models.JSONField) and connection.vendor == "postgresql":
+            # Written by _json, as insert() writes its JSON documents.
+            sets.append(f"{qn(field.column)} = %s::jsonb")
+            values.append(_json_text(_column_value(field, True)))
+        else:
+            sets.append(f"{qn(field.column)} = %s")
+            values.append(_column_value(field, True, json_ready=False))
+    values.append(lambda row: row.pk)
+    table = qn(opts.db_table)
+    sql = f"UPDATE {table} SET {', '.join(sets)} WHERE {qn(opts.pk.column)} = %s"  # noqa: S608
+    return sql, values
+
+
+def _json_text(value: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def text(row: Any) -> Any:
+        found = value(row)
+        return None if found is None else _json.dumps(found, _json_default)
+
+    return text
 
 
 def insert(

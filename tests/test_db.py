@@ -4,11 +4,13 @@ surfaces as Django's and takes the transaction down with it."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from django.db import IntegrityError, connection, transaction
 from django.db.models.signals import post_init
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_talonone import _db
@@ -128,3 +130,47 @@ def test_model_init_receivers_still_see_every_row():
     finally:
         post_init.disconnect(receiver, sender=Effect)
     assert seen == [made, *read] and seen[0] is made and seen[1] is read[0]
+
+
+def _written_back(rows: list[CustomerSession]) -> list[tuple[Any, ...]]:
+    """Change what the mirror changes on these saved sessions and write them back."""
+    for row in rows:
+        row.total = Decimal("12.50")
+        row.raw = {"customerSession": {"id": row.pk, "big": 2**40}, "note": "ünïcode"}
+        row.coupon_codes = ["SPRING"]
+    with transaction.atomic(), _db.together():
+        _db.upsert(CustomerSession, rows, ["integration_id"])
+    return [
+        (r.total, r.raw, r.coupon_codes, r.created_at, r.updated_at)
+        for r in CustomerSession.objects.filter(
+            integration_id__in=[row.integration_id for row in rows]
+        ).order_by("pk")
+    ]
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_upsert_writes_rows_back_keeping_created_at_and_stamping_updated_at(count: int):
+    # One row goes as an UPDATE by its pk, several as one INSERT ... ON CONFLICT: the same rows.
+    rows = [CustomerSession.objects.create(integration_id=f"s{i}") for i in range(count)]
+    before = [(row.created_at, row.updated_at) for row in rows]
+    found = _written_back(rows)
+    assert len(found) == count
+    for (total, raw, codes, created, updated), (was_created, was_updated) in zip(
+        found, before, strict=True
+    ):
+        assert (total, codes) == (Decimal("12.50"), ["SPRING"])
+        assert raw["customerSession"]["big"] == 2**40 and raw["note"] == "ünïcode"
+        assert created == was_created and updated > was_updated
+
+
+def test_a_single_row_gone_before_its_write_back_is_written_all_the_same():
+    row = CustomerSession.objects.create(integration_id="gone")
+    CustomerSession.objects.filter(pk=row.pk).delete()
+    with CaptureQueriesContext(connection) as captured:
+        found = _written_back([row])
+    assert [(total, codes) for total, _raw, codes, _c, _u in found] == [
+        (Decimal("12.50"), ["SPRING"])
+    ]
+    assert CustomerSession.objects.get().integration_id == "gone"
+    writes = [q["sql"].split()[0] for q in captured if q["sql"].startswith(("UPDATE", "INSERT"))]
+    assert writes[:2] == ["UPDATE", "INSERT"]  # tried by its pk first
