@@ -1307,7 +1307,14 @@ def _owned_sql(model: type[models.Model], count: int) -> str:
     owner = qn(model._meta.get_field("profile").column)
     ids = _pks_sql(CustomerProfile, count)
     order = f"{table}.{qn(model._meta.pk.column)}"
-    return _db.select_sql(model, f"{table}.{owner} IN ({ids})", order, lock=model is LoyaltyBalance)
+    where = f"{table}.{owner} {_in(count)} ({ids})"
+    return _db.select_sql(model, where, order, lock=model is LoyaltyBalance)
+
+
+def _in(count: int) -> str:
+    """How a column is matched to the pks of ``count`` integration ids: for one, ``=`` (an
+    integration id is unique), which PostgreSQL plans in less time than ``IN``."""
+    return "=" if count == 1 else "IN"
 
 
 def _current_effects_sql(count: int) -> str:
@@ -1317,7 +1324,7 @@ def _current_effects_sql(count: int) -> str:
     ids = _pks_sql(CustomerSession, count)
     where = (
         f"{table}.{qn(opts.get_field('is_current').column)} = %s"
-        f" AND {table}.{qn(opts.get_field('session').column)} IN ({ids})"
+        f" AND {table}.{qn(opts.get_field('session').column)} {_in(count)} ({ids})"
     )
     return _db.select_sql(Effect, where, f"{table}.{qn(opts.pk.column)}", lock=False)
 
