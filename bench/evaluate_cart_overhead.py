@@ -92,6 +92,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also cProfile 200 more evaluate_cart calls and print where their time goes",
     )
+    parser.add_argument(
+        "--settings",
+        type=json.loads,
+        default={},
+        help="TALONONE settings to change for a trial (JSON), e.g. '{\"RESPONSE_CONTENT\": [...]}'",
+    )
+    parser.add_argument(
+        "--pg-options",
+        type=json.loads,
+        default={},
+        help="Django OPTIONS added on PostgreSQL for a trial (JSON), e.g."
+        ' \'{"options": "-c synchronous_commit=off"}\'',
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--sandbox-url", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON")
@@ -123,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         f" {'the same cart' if args.same_cart else 'the cart changes'} on every call;"
         " sandbox in its own process"
     )
+    if args.settings or args.pg_options:
+        print(f"trial: TALONONE changed {args.settings}, PostgreSQL OPTIONS added", args.pg_options)
     print(
         f"\n{'database':<17} {'contender':<14} {'p50 ms':>7} {'p95 ms':>7} {'mean ms':>8}"
         f" {'CPU p50':>8} {'queries':>8}"
@@ -181,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             "sqlite": "tests.settings: in memory",
             "postgres": f"127.0.0.1, dedicated database {PG_DATABASE}",
             "postgres-prepared": f"as postgres, with OPTIONS {PREPARED_OPTIONS}",
+            "talonone_changed": args.settings,
+            "postgres_options_added": args.pg_options,
         },
         "results": {
             db: {k: v for k, v in r.items() if k != "machine"} for db, r in results.items()
@@ -204,6 +221,7 @@ def _run_child(db: str, sandbox_url: str, args: argparse.Namespace) -> dict[str,
         cmd.append("--profile")
     if args.statement_times:
         cmd.append("--statement-times")
+    cmd += ["--settings", json.dumps(args.settings), "--pg-options", json.dumps(args.pg_options)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"the {db} run failed:\n{proc.stderr[-4000:]}")
@@ -217,11 +235,13 @@ def child(args: argparse.Namespace) -> int:
     os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
     os.environ["TALONONE_TEST_BASE_URL"] = args.sandbox_url
     os.environ["TALONONE_TEST_API_KEY"] = "sandbox-api-key"
-    os.environ.pop("TALONONE_TEST_SETTINGS", None)
+    # Only what the command line asks for: the environment of the shell must not leak in.
+    os.environ["TALONONE_TEST_SETTINGS"] = json.dumps(args.settings)
     stack = contextlib.ExitStack()
-    os.environ.pop("TALONONE_TEST_PG_OPTIONS", None)
+    options = dict(args.pg_options)
     if args.child == "postgres-prepared":
-        os.environ["TALONONE_TEST_PG_OPTIONS"] = json.dumps(PREPARED_OPTIONS)
+        options.update(PREPARED_OPTIONS)
+    os.environ["TALONONE_TEST_PG_OPTIONS"] = json.dumps(options)
     if args.child.startswith("postgres"):
         os.environ["TALONONE_TEST_DB"] = "postgres"
         os.environ["PGDATABASE"] = PG_DATABASE
