@@ -351,6 +351,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             profiler.enable()
             call_evaluate(i)
             profiler.disable()
+        if os.environ.get("PROFILE_DUMP"):  # the raw stats, for pstats or snakeviz
+            profiler.dump_stats(f"{os.environ['PROFILE_DUMP']}.{args.child}")
         out = io.StringIO()
         stats_of = pstats.Stats(profiler, stream=out).strip_dirs()
         stats_of.sort_stats("tottime").print_stats(25)
