@@ -706,6 +706,39 @@ _FALLBACK = {
 _already_logged: set[tuple[str, str]] = set()
 
 
+CouponCodes = dict[tuple[int | None, int | None], str]
+
+
+def coupon_codes(accepted: Iterable[tuple[int | None, int | None, Any]]) -> CouponCodes:
+    """The coupon codes of a session's ``acceptCoupon`` effects, each given as (``campaignId``,
+    ``triggeredByCoupon``, ``props.value``): by (campaign, coupon id), and by (campaign, None)
+    where the campaign accepted one code only.
+
+    Another effect's ``triggeredByCoupon`` is the coupon's numeric id; its code travels only in
+    the acceptCoupon of the same campaign, which may come after the effect it unlocked, so the
+    codes are learnt from the whole list first. The mirror and :func:`read_effects` share this.
+    """
+    codes: CouponCodes = {}
+    per_campaign: dict[int | None, set[str]] = {}
+    for campaign, coupon, value in accepted:
+        if not value:
+            continue
+        code = str(value)
+        codes[(campaign, coupon)] = code
+        per_campaign.setdefault(campaign, set()).add(code)
+    for campaign, found in per_campaign.items():
+        if len(found) == 1:  # by campaign alone only when that is unambiguous
+            codes.setdefault((campaign, None), next(iter(found)))
+    return codes
+
+
+def coupon_code_of(codes: CouponCodes, campaign: int | None, coupon: int | None) -> str | None:
+    """The code of coupon id ``coupon`` that triggered an effect of ``campaign``, if known."""
+    if coupon is None:
+        return None
+    return codes.get((campaign, coupon)) or codes.get((campaign, None))
+
+
 class _Malformed(ValueError):
     """A prop is missing or of the wrong type."""
 
@@ -894,7 +927,7 @@ class _Builder:
 
     def __init__(self, messages: Mapping[str, str] | None) -> None:
         self.messages = messages
-        self.coupon_codes: dict[tuple[int, int | None], str] = {}
+        self.coupon_codes: CouponCodes = {}
         self.prepared: list[_Raw] = []
         self.lists: dict[str, list[Any]] = {}
         self.accepted_referral: AcceptedReferral | None = None
@@ -936,28 +969,16 @@ class _Builder:
             self.invalid_effect(raw.effect_type, str(exc) or type(exc).__name__, raw.wire)
 
     def learn_coupon_codes(self) -> None:
-        # triggeredByCoupon is a numeric id; the code only travels in the campaign's acceptCoupon,
-        # which may come after the discount it unlocked, so learn the codes before reading.
-        by_campaign: dict[int, set[str]] = {}
-        for raw in self.prepared:
-            code = raw.props.get("value")
-            if raw.effect_type != "acceptCoupon" or raw.campaign_id is None:
-                continue
-            if isinstance(code, str) and code:
-                self.coupon_codes[(raw.campaign_id, raw.triggered_by_coupon)] = code
-                by_campaign.setdefault(raw.campaign_id, set()).add(code)
-        for campaign_id, codes in by_campaign.items():
-            # By campaign alone only when unambiguous, as the mirror does.
-            if len(codes) == 1:
-                self.coupon_codes.setdefault((campaign_id, None), next(iter(codes)))
+        self.coupon_codes = coupon_codes(
+            (raw.campaign_id, raw.triggered_by_coupon, raw.props.get("value"))
+            for raw in self.prepared
+            if raw.effect_type == "acceptCoupon"
+        )
 
     def coupon_code_for(self, raw: _Raw) -> str | None:
         if raw.coupon_code:
             return raw.coupon_code
-        if raw.triggered_by_coupon is None or raw.campaign_id is None:
-            return None
-        exact = self.coupon_codes.get((raw.campaign_id, raw.triggered_by_coupon))
-        return exact or self.coupon_codes.get((raw.campaign_id, None))
+        return coupon_code_of(self.coupon_codes, raw.campaign_id, raw.triggered_by_coupon)
 
     def build(self) -> Effects:
         lists = self.lists

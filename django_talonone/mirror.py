@@ -35,6 +35,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from . import _db, signals
+from .effects import CouponCodes, coupon_code_of, coupon_codes
 from .models import (
     Audience,
     AudienceMembership,
@@ -768,40 +769,29 @@ def _effect_row(
     return row
 
 
-def _accepted_codes(effects: list[Mapping[str, Any]]) -> dict[tuple[int | None, int | None], str]:
-    """Coupon codes from acceptCoupon effects, by (campaign, coupon id) and by (campaign, None)."""
-    codes: dict[tuple[int | None, int | None], str] = {}
-    per_campaign: dict[int | None, set[str]] = {}
+def _accepted_codes(effects: list[Mapping[str, Any]]) -> CouponCodes:
+    """Coupon codes of the answer's acceptCoupon effects (see :func:`effects.coupon_codes`)."""
+    accepted = []
     for effect in effects:
         if effect.get("effectType") != "acceptCoupon":
             continue
-        props = effect.get("props") if isinstance(effect.get("props"), Mapping) else {}
-        code = str(props.get("value") or "")
-        if not code:
-            continue
-        campaign = _int(effect.get("campaignId"))
-        codes[(campaign, _int(effect.get("triggeredByCoupon")))] = code
-        per_campaign.setdefault(campaign, set()).add(code)
-    for campaign, found in per_campaign.items():
-        # By campaign alone only when it is unambiguous: one accepted code in that campaign.
-        if len(found) == 1:
-            codes.setdefault((campaign, None), next(iter(found)))
-    return codes
+        props = effect.get("props")
+        value = props.get("value") if isinstance(props, Mapping) else None
+        campaign, coupon = _int(effect.get("campaignId")), _int(effect.get("triggeredByCoupon"))
+        accepted.append((campaign, coupon, value))
+    return coupon_codes(accepted)
 
 
 def _coupon_code(
     effect: Mapping[str, Any],
     effect_type: str,
     props: Mapping[str, Any],
-    codes: dict[tuple[int | None, int | None], str],
+    codes: CouponCodes,
 ) -> str:
     if effect_type in COUPON_EFFECTS:
         return str(props.get("value") or "")
-    coupon = _int(effect.get("triggeredByCoupon"))
-    if coupon is None:
-        return ""
-    campaign = _int(effect.get("campaignId"))
-    return codes.get((campaign, coupon)) or codes.get((campaign, None)) or ""
+    campaign, coupon = _int(effect.get("campaignId")), _int(effect.get("triggeredByCoupon"))
+    return coupon_code_of(codes, campaign, coupon) or ""
 
 
 # ---- profiles, audiences, loyalty ------------------------------------------------------------

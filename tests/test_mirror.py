@@ -12,6 +12,7 @@ from django.contrib.auth.models import User
 from django.db.models.query import QuerySet
 
 from django_talonone import mirror, signals
+from django_talonone.effects import read_effects
 from django_talonone.models import (
     Audience,
     AudienceMembership,
@@ -717,3 +718,34 @@ def test_purging_an_unknown_profile_is_harmless():
     )
     mirror.purge_profile("ghost")
     assert CustomerSession.objects.get().attributes == {}
+
+
+@pytest.mark.parametrize(
+    "effects",
+    [
+        pytest.param(
+            [
+                effect(4, "setDiscount", {"name": "a", "value": 5}, coupon=901),
+                effect(5, "setDiscount", {"name": "b", "value": 1}),
+                effect(4, "acceptCoupon", {"value": "SAVE5"}),  # after the discount it unlocked
+            ],
+            id="learnt-from-a-later-accept",
+        ),
+        pytest.param(
+            [
+                effect(4, "setDiscount", {"name": "a", "value": 1}, coupon=1),
+                effect(4, "setDiscount", {"name": "b", "value": 1}, coupon=2),
+                effect(4, "setDiscount", {"name": "c", "value": 1}, coupon=3),
+                effect(4, "acceptCoupon", {"value": "ONE"}, coupon=1),
+                effect(4, "acceptCoupon", {"value": "TWO"}, coupon=2),
+            ],
+            id="two-codes-in-a-campaign-no-guess",
+        ),
+    ],
+)
+def test_mirrored_rows_and_read_effects_name_the_same_coupon_codes(effects):
+    session = mirror.mirror_session_answer(SID, session_answer(effects=effects))
+    rows = [r.coupon_code or None for r in current(session) if r.effect_type == "setDiscount"]
+    typed = [d.coupon_code for d in read_effects(effects).discounts]
+    assert rows == typed
+    assert typed[0] in ("SAVE5", "ONE") and typed[-1] is None
