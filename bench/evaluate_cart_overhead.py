@@ -9,7 +9,9 @@ the 5 cart lines of ``client_overhead.py`` (lines prefetched, as a cart page has
 interleaved call by call after a warm-up:
 
 - ``bare``: ``client.update_customer_session_v2(session_id, body)`` with the body the adapter makes
-  for that cart, on the same client ``evaluate_cart`` uses, for a session of its own;
+  for that cart, asking for the same parts of the answer as ``evaluate_cart``
+  (``evaluate_response_content``), on the same client ``evaluate_cart`` uses, for a session of
+  its own;
 - ``evaluate_cart``: ``django_talonone.evaluate_cart(order)`` (inline dispatch), which also
   builds the body, records the push, mirrors the answer and returns the mirrored effects.
 
@@ -268,6 +270,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from django_talonone import evaluate_cart, outbox
     from django_talonone.adapters import get_adapter
     from django_talonone.conf import settings
+    from django_talonone.services import evaluate_response_content
     from tests.shop.models import Order, OrderLine
 
     customer = User.objects.create(username="bench-customer")
@@ -286,7 +289,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     bodies = []
     for step in range(2):
         _set_quantity(other, step, args.same_cart)
-        bodies.append(adapter.session_payload(other))
+        body = adapter.session_payload(other)
+        # Asking for the same parts of the answer as evaluate_cart does.
+        content = evaluate_response_content(body.pop("responseContent", None))
+        if content:
+            body["responseContent"] = content
+        bodies.append(body)
 
     def call_bare(i: int) -> Any:
         return client.update_customer_session_v2(bare_id, bodies[i % 2])

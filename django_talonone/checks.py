@@ -361,6 +361,9 @@ def check_pipeline(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         *_check_rate_limit(get("RATE_LIMIT")),
         *_check_timeouts(get("EVALUATE_TIMEOUT"), get("IN_FLIGHT_TIMEOUT"), get("TIMEOUT")),
         *_check_response_content(get("RESPONSE_CONTENT")),
+        *_check_response_content(
+            get("EVALUATE_RESPONSE_CONTENT"), "EVALUATE_RESPONSE_CONTENT", "talonone.E041"
+        ),
         *_check_program_ids(get("LOYALTY_PROGRAM_IDS")),
         *_check_batches(get("BATCH_SIZE"), get("SEND_CONCURRENCY")),
     ]
@@ -490,7 +493,12 @@ def _check_timeouts(evaluate: Any, in_flight: Any, timeout: Any) -> list[checks.
     return found
 
 
-def _check_response_content(value: Any) -> list[checks.CheckMessage]:
+def _check_response_content(
+    value: Any, name: str = "RESPONSE_CONTENT", check_id: str = "talonone.E038"
+) -> list[checks.CheckMessage]:
+    """A list of responseContent values; EVALUATE_RESPONSE_CONTENT may also be None."""
+    if value is None and name != "RESPONSE_CONTENT":
+        return []
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         unknown = [v for v in value if v not in SESSION_RESPONSE_CONTENT]
         if not unknown:
@@ -500,9 +508,9 @@ def _check_response_content(value: Any) -> list[checks.CheckMessage]:
         problem = f"must be a list of strings, not {type(value).__name__}"
     return [
         checks.Error(
-            f'TALONONE["RESPONSE_CONTENT"] {problem}.',
+            f'TALONONE["{name}"] {problem}.',
             hint="Valid values: " + ", ".join(SESSION_RESPONSE_CONTENT) + ".",
-            id="talonone.E038",
+            id=check_id,
         )
     ]
 

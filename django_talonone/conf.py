@@ -58,6 +58,10 @@ DEFAULTS: dict[str, Any] = {
         "coupons",
         "triggeredCampaigns",
     ],
+    # What evaluate_cart() asks for (None: RESPONSE_CONTENT without customerProfile and
+    # loyalty, which the outbox's pushes bring). Add them to refresh the profile, its loyalty
+    # balances (tentative ones included) and loyalty_updated on every cart-page evaluation.
+    "EVALUATE_RESPONSE_CONTENT": None,
     # Loyalty programs whose balances are fetched into LoyaltyBalance after a session closes.
     "LOYALTY_PROGRAM_IDS": [],
     # Model-signal mode: the shop's order model ("shop.Order"), its status field, and a map of

@@ -115,6 +115,42 @@ def test_an_adapter_error_gives_stale_effects_and_a_failed_push(talon, settings)
     assert len(talon.sent()) == 1
 
 
+class AskingAdapter(ShopAdapter):
+    """An adapter that asks for parts of the answer of its own."""
+
+    def session_payload(self, obj: Any) -> dict[str, Any]:
+        body = super().session_payload(obj)
+        body["responseContent"] = ["customerSession", "loyalty", "awardedGiveaways"]
+        return body
+
+
+@pytest.mark.parametrize(
+    ("changed", "asked"),
+    [
+        # By default: what the adapter asks for, without the customer's profile and loyalty.
+        ({}, ["customerSession", "coupons", "triggeredCampaigns"]),
+        (
+            {"ADAPTER": "tests.test_evaluate_cart.AskingAdapter"},
+            ["customerSession", "awardedGiveaways"],
+        ),
+        ({"RESPONSE_CONTENT": ["customerProfile"]}, None),
+        # Set: exactly that, whatever the adapter asks for; [] asks for nothing.
+        (
+            {"EVALUATE_RESPONSE_CONTENT": ["customerSession", "loyalty"]},
+            ["customerSession", "loyalty"],
+        ),
+        ({"EVALUATE_RESPONSE_CONTENT": []}, None),
+    ],
+)
+def test_the_parts_of_the_answer_the_cart_page_asks_for(talon, settings, changed, asked):
+    settings.TALONONE = {**settings.TALONONE, **changed}
+    order = make_order()
+    result = evaluate(order)
+    evaluate(order, dry=True)
+    assert [request.body.get("responseContent") for request in talon.sent()] == [asked, asked]
+    assert result.stale is False and len(result.effects) == 1
+
+
 def test_it_never_raises_into_the_view(talon):
     order = make_order()
     broken = DatabaseError("disk full")

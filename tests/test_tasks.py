@@ -314,6 +314,9 @@ def test_the_defaults_pass(settings):
         ({"IN_FLIGHT_TIMEOUT": 10, "TIMEOUT": (3.05, 10)}, ["talonone.E037"]),
         ({"RESPONSE_CONTENT": ["customerSession", "session"]}, ["talonone.E038"]),
         ({"RESPONSE_CONTENT": "customerSession"}, ["talonone.E038"]),
+        ({"RESPONSE_CONTENT": None}, ["talonone.E038"]),
+        ({"EVALUATE_RESPONSE_CONTENT": ["customerSession", "profile"]}, ["talonone.E041"]),
+        ({"EVALUATE_RESPONSE_CONTENT": "loyalty"}, ["talonone.E041"]),
         ({"LOYALTY_PROGRAM_IDS": ["5"]}, ["talonone.E039"]),
         ({"LOYALTY_PROGRAM_IDS": 5}, ["talonone.E039"]),
         ({"BATCH_SIZE": 0}, ["talonone.E040"]),
@@ -337,6 +340,11 @@ def test_celery_dispatch_without_celery_is_reported(settings, monkeypatch):
     (message,) = check_pipeline()
     assert message.id == "talonone.E031"
     assert "django-talonone[celery]" in message.hint
+
+
+@pytest.mark.parametrize("value", [None, [], ["customerSession", "loyalty"]])
+def test_evaluate_response_content_may_be_unset_empty_or_a_list(settings, value):
+    assert ids(settings, EVALUATE_RESPONSE_CONTENT=value) == []
 
 
 def test_messages_name_the_setting_and_how_to_fix_it(settings):

@@ -10,11 +10,21 @@ import pytest
 from django_talonone import evaluate_cart
 from django_talonone.client import NotFoundError
 from django_talonone.effects import read_effects
-from django_talonone.models import CartItem, CustomerSession, Effect, Push
+from django_talonone.models import (
+    CartItem,
+    CustomerProfile,
+    CustomerSession,
+    Effect,
+    LoyaltyBalance,
+    Push,
+)
 from tests.flows.conftest import (
+    DEMO_CUSTOMER,
     DEMO_POINTS,
+    active_points,
     key_of,
     make_order,
+    pay,
     retry_due,
     sent,
     session_id,
@@ -167,3 +177,49 @@ def test_a_dry_evaluation_of_a_new_cart_creates_no_session(sandbox, customer):
     assert local_rows() == {"sessions": [], "items": [], "effects": [], "pushes": []}
     with pytest.raises(NotFoundError):
         remote_session(sandbox, order)
+
+
+def test_the_cart_page_leaves_the_customers_profile_and_loyalty_to_the_orders_pushes(
+    sandbox, customer, received
+):
+    order = make_order(customer)
+
+    result = evaluate_cart(order)
+
+    (request,) = sent(sandbox, UPDATE, key_of(order))
+    asked = request["body"]["responseContent"]
+    assert asked == ["customerSession", "coupons", "triggeredCampaigns"]
+    # The session hangs on the customer's profile, whose own parts were not asked for.
+    assert result.session.profile.integration_id == DEMO_CUSTOMER
+    assert result.session.profile.raw == {}
+    assert not LoyaltyBalance.objects.exists()
+    assert received.of("loyalty_updated") == []
+    assert received.of("effects_updated")  # the cart page's own part is mirrored
+
+    pay(order)  # the order's pushes ask for everything and bring the rest
+
+    closing = sent(sandbox, UPDATE, key_of(order))[-1]
+    assert {"customerProfile", "loyalty"} <= set(closing["body"]["responseContent"])
+    profile = CustomerProfile.objects.get(integration_id=DEMO_CUSTOMER)
+    assert profile.raw["integrationId"] == DEMO_CUSTOMER
+    ledger = LoyaltyBalance.objects.get(profile=profile, program_id=1, subledger_id="")
+    assert ledger.active_points == active_points(sandbox)
+    assert received.of("loyalty_updated")
+
+
+def test_asked_for_them_the_cart_page_mirrors_profile_and_loyalty_too(
+    sandbox, customer, received, settings
+):
+    every_part = ["customerSession", "customerProfile", "loyalty"]
+    settings.TALONONE = {**settings.TALONONE, "EVALUATE_RESPONSE_CONTENT": every_part}
+    order = make_order(customer)
+
+    evaluate_cart(order)
+
+    (request,) = sent(sandbox, UPDATE, key_of(order))
+    assert request["body"]["responseContent"] == every_part
+    ledger = LoyaltyBalance.objects.get(
+        profile__integration_id=DEMO_CUSTOMER, program_id=1, subledger_id=""
+    )
+    assert ledger.pending_points == DEMO_POINTS  # the open session's points, pending
+    assert len(received.of("loyalty_updated")) == 1
