@@ -176,12 +176,13 @@ def _mirror_sessions(
     found = _read_rows(items, ids, set(programs_of))
     sessions, profiles, profile_of = found.sessions, found.profiles, found.profile_of
     previous = {sid: sessions[sid].state for sid in ids}
-    carts: dict[int, list[dict[str, Any]]] = {}
+    carts: dict[int, tuple[list[dict[str, Any]], int | None]] = {}
     for item in items:
         session = sessions[item.session_id]
+        before = _last_cart(session)  # read before the answer replaces session.raw
         cart = _apply_answer(session, item.answer, item.sent or {}, now)
         if cart is not None:
-            carts[session.pk] = _cart_rows(session, cart)
+            carts[session.pk] = _cart_changes(session, cart, before)
 
     fresh = set(found.fresh)
     dirty_profiles: dict[int, CustomerProfile] = {}
@@ -244,8 +245,11 @@ def _mirror_sessions(
     # Nothing below needs an answer before the end: on PostgreSQL, one wait for all of it.
     with _db.together():
         if carts:
-            _delete_of(CartItem, list(carts))
-            _db.insert(CartItem, [row for rows in carts.values() for row in rows])
+            ends = [(pk, end) for pk, (_rows, end) in carts.items() if end is not None]
+            if ends:
+                _delete_lines_from(ends)
+            lines = [row for rows, _end in carts.values() for row in rows]
+            _db.insert(CartItem, lines, conflict=["session", "position"])
         _db.upsert(CustomerProfile, dirty_profiles.values(), ["integration_id"])
         _db.insert(LoyaltyMembership, new_members)
         _db.upsert(LoyaltyMembership, changed_members.values(), ["profile", "program_id"])
@@ -254,7 +258,7 @@ def _mirror_sessions(
             LoyaltyBalance, dirty_balances.values(), ["profile", "program_id", "subledger_id"]
         )
         if by_old["delete"]:
-            _delete_of(Effect, by_old["delete"])
+            _delete_current(by_old["delete"])
         if by_old["retire"]:
             _retire_current(by_old["retire"])
         _db.insert(Effect, [row for plan in plans.values() for row in plan.new], returning=True)
@@ -585,6 +589,36 @@ def _cart_rows(session: CustomerSession, items: list[Any]) -> list[dict[str, Any
         for position, item in enumerate(items)
         if isinstance(item, Mapping)
     ]
+
+
+def _last_cart(session: CustomerSession) -> list[Any] | None:
+    """The ``cartItems`` the session's CartItem rows were written from (the last answer's), or
+    None when that is not known (a new session, or the last answer came without the cart)."""
+    last = session.raw.get("customerSession") if isinstance(session.raw, Mapping) else None
+    items = last.get("cartItems") if isinstance(last, Mapping) else None
+    return items if isinstance(items, list) else None
+
+
+def _cart_changes(
+    session: CustomerSession, items: list[Any], before: list[Any] | None
+) -> tuple[list[dict[str, Any]], int | None]:
+    """The CartItem rows to write for the session's new ``items``, and the position from which
+    its rows are to go (None: none go).
+
+    With the lines the rows hold (``before``) at hand, only lines that differ are written, by
+    (session, position), and rows go only past the new end: a cart page changing one quantity
+    rewrites one row, and the other rows keep their ids. Without it, every line is written and
+    every row past the new end goes.
+    """
+    rows = _cart_rows(session, items)
+    if before is None:
+        return rows, len(rows)
+    changed = [
+        row
+        for row in rows
+        if row["position"] >= len(before) or before[row["position"]] != row["raw"]
+    ]
+    return changed, (len(rows) if len(rows) < len(before) else None)
 
 
 def _session_raw(previous: Mapping[str, Any], answer: Mapping[str, Any]) -> dict[str, Any]:
@@ -1319,19 +1353,34 @@ def _current_effects_sql(count: int) -> str:
     return _db.select_sql(Effect, where, f"{table}.{qn(opts.pk.column)}", lock=False)
 
 
-def _delete_of(model: type[CartItem | Effect], session_pks: list[int]) -> None:
-    """DELETE these sessions' cart lines, or their current effects (history stays)."""
-    sql = _db.statement(_delete_sql, model, len(session_pks))
-    _db.execute(sql, [True, *session_pks] if model is Effect else session_pks)
+def _delete_current(session_pks: list[int]) -> None:
+    """DELETE these sessions' current effects (history stays)."""
+    _db.execute(_db.statement(_delete_current_sql, len(session_pks)), [True, *session_pks])
 
 
-def _delete_sql(model: type[models.Model], count: int) -> str:
+def _delete_current_sql(count: int) -> str:
     qn = connection.ops.quote_name
-    opts = model._meta
-    sql = f"DELETE FROM {qn(opts.db_table)} WHERE "  # noqa: S608
-    if model is Effect:
-        sql += f"{qn(opts.get_field('is_current').column)} = %s AND "
-    return sql + f"{qn(opts.get_field('session').column)} IN ({_db.marks(count)})"
+    opts = Effect._meta
+    return (
+        f"DELETE FROM {qn(opts.db_table)} WHERE {qn(opts.get_field('is_current').column)} = %s"  # noqa: S608
+        f" AND {qn(opts.get_field('session').column)} IN ({_db.marks(count)})"
+    )
+
+
+def _delete_lines_from(ends: list[tuple[int, int]]) -> None:
+    """DELETE the cart lines of each (session pk, position) at or past that position."""
+    sql = _db.statement(_lines_from_sql, len(ends))
+    _db.execute(sql, [value for pair in ends for value in pair])
+
+
+def _lines_from_sql(count: int) -> str:
+    qn = connection.ops.quote_name
+    opts = CartItem._meta
+    one = (
+        f"({qn(opts.get_field('session').column)} = %s"
+        f" AND {qn(opts.get_field('position').column)} >= %s)"
+    )
+    return f"DELETE FROM {qn(opts.db_table)} WHERE " + " OR ".join([one] * count)  # noqa: S608
 
 
 def _retire_current(session_pks: list[int]) -> None:

@@ -296,6 +296,48 @@ def test_a_second_answer_replaces_the_current_effects_and_the_cart():
     assert CustomerSession.objects.count() == 1 and CustomerProfile.objects.count() == 1
 
 
+def lines(session):
+    return list(
+        CartItem.objects.filter(session=session)
+        .order_by("position")
+        .values_list("pk", "position", "sku", "quantity")
+    )
+
+
+SOCKS = {"sku": "SOCKS", "quantity": 3, "price": 2.5, "position": 2}
+
+
+def test_a_changed_quantity_rewrites_that_line_and_every_line_keeps_its_row():
+    before = lines(mirror.mirror_session_answer(SID, session_answer(cart=[*CART, SOCKS])))
+    two_mugs = [CART[0], dict(CART[1], quantity=2), SOCKS]
+    after = lines(mirror.mirror_session_answer(SID, session_answer(cart=two_mugs)))
+    assert [pk for pk, *_ in after] == [pk for pk, *_ in before]
+    assert [rest for _pk, *rest in after] == [
+        [0, "TSHIRT-M", 2],
+        [1, "MUG", 2],
+        [2, "SOCKS", 3],
+    ]
+    line = CartItem.objects.get(session__integration_id=SID, position=1)
+    assert (line.raw["quantity"], line.price, line.attributes) == (2, Decimal("8"), {})
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [
+        ([*CART, SOCKS], [CART[0]]),  # lines removed from the end
+        ([*CART, SOCKS], [SOCKS, CART[0]]),  # lines removed and moved
+        ([CART[0]], [*CART, SOCKS]),  # lines added
+        ([*CART, SOCKS], []),  # emptied
+    ],
+)
+def test_the_lines_are_the_last_answers_cart_whatever_changed(first, then):
+    mirror.mirror_session_answer(SID, session_answer(cart=first))
+    session = mirror.mirror_session_answer(SID, session_answer(cart=then))
+    found = [(position, sku, quantity) for _pk, position, sku, quantity in lines(session)]
+    assert found == [(i, item["sku"], item["quantity"]) for i, item in enumerate(then)]
+    assert [line.raw for line in session.cart_items.order_by("position")] == then
+
+
 def test_the_same_effects_again_leave_the_rows_alone():
     first = [r.pk for r in current(mirror.mirror_session_answer(SID, session_answer()))]
     session = mirror.mirror_session_answer(SID, session_answer(update_count=5))
