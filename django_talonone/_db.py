@@ -267,25 +267,29 @@ def _update_shape(
     for field in opts.concrete_fields:
         if field.primary_key or field.attname in kept or getattr(field, "auto_now_add", False):
             continue
-        if isinstance(field, models.JSONField) and connection.vendor == "postgresql":
-            # Written by _json, as insert() writes its JSON documents.
-            sets.append(f"{qn(field.column)} = %s::jsonb")
-            values.append(_json_text(_column_value(field, True)))
-        else:
-            sets.append(f"{qn(field.column)} = %s")
-            values.append(_column_value(field, True, json_ready=False))
+        mark, value = _parameter(field, True)
+        sets.append(f"{qn(field.column)} = {mark}")
+        values.append(value)
     values.append(lambda row: row.pk)
     table = qn(opts.db_table)
     sql = f"UPDATE {table} SET {', '.join(sets)} WHERE {qn(opts.pk.column)} = %s"  # noqa: S608
     return sql, values
 
 
-def _json_text(value: Callable[[Any], Any]) -> Callable[[Any], Any]:
+def _parameter(field: models.Field, existing: bool) -> tuple[str, Callable[[Any], Any]]:
+    """A row's value of ``field`` as one statement parameter: its placeholder and a function
+    giving the value. On PostgreSQL a JSON column is written as text by _json (as insert()'s
+    documents are) and cast to jsonb; everything else as the driver takes it."""
+    value = _column_value(field, existing, json_ready=False)
+    if not (isinstance(field, models.JSONField) and connection.vendor == "postgresql"):
+        return "%s", value
+    ready = _column_value(field, existing)
+
     def text(row: Any) -> Any:
-        found = value(row)
+        found = ready(row)
         return None if found is None else _json.dumps(found, _json_default)
 
-    return text
+    return "%s::jsonb", text
 
 
 def insert(
@@ -320,7 +324,10 @@ def insert(
         return model._default_manager.bulk_create(rows)
     shape = statement(_insert_shape, model, tuple(conflict or ()), ignore, returning)
     statements: list[tuple[list[Any], str, list[Any]]] = []
-    if vendor == "postgresql":
+    if vendor == "postgresql" and len(rows) == 1:
+        # One row: plain VALUES, which the server parses and plans in less time.
+        statements.append((rows, shape.row_sql, [value(rows[0]) for value in shape.values]))
+    elif vendor == "postgresql":
         columns_of = shape.json_values
         document = [{column: value(row) for column, value in columns_of} for row in rows]
         statements.append((rows, shape.sql, [_json.dumps(document, _json_default)]))
@@ -357,8 +364,9 @@ def _set_pks(rows: list[Any]) -> Callable[[Any], None]:
 @dataclass
 class _InsertShape:
     """The parts of an :func:`insert` statement that depend only on the model and the options:
-    PostgreSQL: the whole statement and each column's JSON-ready value; elsewhere: the statement
-    up to its VALUES rows, one row's placeholders, the tail, the values prepared for the driver."""
+    PostgreSQL: the whole statement and each column's JSON-ready value, and for a single row the
+    whole statement with VALUES (``row_sql``) and its values; elsewhere: the statement up to its
+    VALUES rows, one row's placeholders, the tail, the values prepared for the driver."""
 
     sql: str
     tail: str
@@ -401,7 +409,11 @@ def _insert_shape(
             f" FROM jsonb_to_recordset(%s::jsonb) AS x({types}) WHERE true{tail}"
         )
         json_values = [(f.column, _column_value(f, existing)) for f in fields]
-        return _InsertShape(sql, "", "", len(fields), json_values, [])
+        params = [_parameter(f, existing) for f in fields]
+        one_row = ", ".join(mark for mark, _value in params)
+        one = f"INSERT INTO {table} ({columns}) VALUES ({one_row}){tail}"  # noqa: S608
+        values = [value for _mark, value in params]
+        return _InsertShape(sql, "", one, len(fields), json_values, values)
     sql = f"INSERT INTO {table} ({columns}) VALUES "  # noqa: S608
     row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
     values = [_column_value(f, existing, json_ready=False) for f in fields]
