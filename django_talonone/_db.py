@@ -29,6 +29,8 @@ from . import _json
 M = TypeVar("M", bound=models.Model)
 
 _state = threading.local()
+#: The attribute holding the values a row had when :func:`instances` read it.
+_READ = "_talonone_read"
 _statements: dict[tuple[Any, ...], Any] = {}
 _pipelines: dict[str, bool] = {}
 
@@ -167,6 +169,7 @@ def _instances(model: type[M], extra: tuple[str, ...]) -> Callable[[Any], list[M
                 instance.__dict__.update(zip(attnames, values, strict=True))
             else:
                 instance = from_db(alias, attnames, values)
+            instance.__dict__[_READ] = values  # what upsert() compares with
             for name, value in zip(extra, row[width:], strict=True):
                 setattr(instance, name, value)
             made.append(instance)
@@ -238,42 +241,68 @@ def upsert(model: type[M], rows: Iterable[M], unique_fields: list[str]) -> None:
     Several rows go in one INSERT ... ON CONFLICT (``unique_fields``) DO UPDATE. A single row
     with a pk (the checkout path's usual case) goes as a plain UPDATE by its pk, which PostgreSQL
     parses and plans in about half the time; should that row be gone, it is written by the
-    INSERT ... ON CONFLICT after all.
+    INSERT ... ON CONFLICT after all. If :func:`instances` read that row, the UPDATE leaves out
+    the columns whose values are still the ones read, except JSON ones, which are always written
+    (a dict changed in place would look unchanged).
     """
     rows = list(rows)
     if len(rows) != 1 or rows[0].pk is None or connection.vendor not in ("postgresql", "sqlite"):
         insert(model, rows, conflict=unique_fields)
         return
     (row,) = rows
-    sql, values = statement(_update_shape, model, tuple(unique_fields))
+    read = row.__dict__.get(_READ)
+    columns = [
+        column
+        for column in statement(_update_columns, model, tuple(unique_fields))
+        if read is None or column.always or getattr(row, column.attname) != read[column.index]
+    ]
+    if not columns:
+        return  # every column still holds what was read
+    sql = statement(_update_sql, model, tuple(column.attname for column in columns))
 
     def then(cursor: Any) -> None:
         if cursor.rowcount == 0:
             insert(model, rows, conflict=unique_fields)
 
-    execute(sql, [value(row) for value in values], then)
+    execute(sql, [*(column.value(row) for column in columns), row.pk], then)
 
 
-def _update_shape(
-    model: type[models.Model], unique: tuple[str, ...]
-) -> tuple[str, list[Callable[[Any], Any]]]:
-    """:func:`upsert`'s UPDATE of one row by its pk, and a function per parameter giving its
-    value from the row (the pk last)."""
+@dataclass(frozen=True)
+class _Column:
+    """A column :func:`upsert` may write back: the field's attname, its index in a row read by
+    :func:`instances`, its placeholder, the function giving its value, and whether it is always
+    written (JSON and ``auto_now`` columns)."""
+
+    attname: str
+    index: int
+    mark: str
+    value: Callable[[Any], Any]
+    always: bool
+
+
+def _update_columns(model: type[models.Model], unique: tuple[str, ...]) -> list[_Column]:
     opts = model._meta
-    qn = connection.ops.quote_name
     kept = {opts.get_field(name).attname for name in unique}
-    sets = []
-    values = []
-    for field in opts.concrete_fields:
+    found = []
+    for index, field in enumerate(opts.concrete_fields):
         if field.primary_key or field.attname in kept or getattr(field, "auto_now_add", False):
             continue
         mark, value = _parameter(field, True)
-        sets.append(f"{qn(field.column)} = {mark}")
-        values.append(value)
-    values.append(lambda row: row.pk)
+        always = isinstance(field, models.JSONField) or bool(getattr(field, "auto_now", False))
+        found.append(_Column(field.attname, index, mark, value, always))
+    return found
+
+
+def _update_sql(model: type[models.Model], attnames: tuple[str, ...]) -> str:
+    """UPDATE of these columns of one row, by its pk (the last parameter)."""
+    opts = model._meta
+    qn = connection.ops.quote_name
+    fields = {field.attname: field for field in opts.concrete_fields}
+    sets = ", ".join(
+        f"{qn(fields[name].column)} = {_parameter(fields[name], True)[0]}" for name in attnames
+    )
     table = qn(opts.db_table)
-    sql = f"UPDATE {table} SET {', '.join(sets)} WHERE {qn(opts.pk.column)} = %s"  # noqa: S608
-    return sql, values
+    return f"UPDATE {table} SET {sets} WHERE {qn(opts.pk.column)} = %s"  # noqa: S608
 
 
 def _parameter(field: models.Field, existing: bool) -> tuple[str, Callable[[Any], Any]]:

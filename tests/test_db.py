@@ -14,7 +14,14 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_talonone import _db
-from django_talonone.models import CustomerProfile, CustomerSession, Effect, Push
+from django_talonone.models import (
+    Audience,
+    AudienceMembership,
+    CustomerProfile,
+    CustomerSession,
+    Effect,
+    Push,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -174,3 +181,39 @@ def test_a_single_row_gone_before_its_write_back_is_written_all_the_same():
     assert CustomerSession.objects.get().integration_id == "gone"
     writes = [q["sql"].split()[0] for q in captured if q["sql"].startswith(("UPDATE", "INSERT"))]
     assert writes[:2] == ["UPDATE", "INSERT"]  # tried by its pk first
+
+
+def _read_one(model: Any, pk: int) -> Any:
+    read: list[Any] = []
+    sql = _db.select_sql(model, "id = %s", "", lock=False)
+    _db.execute(sql, [pk], lambda cursor: read.extend(_db.instances(model)(cursor)))
+    return read[0]
+
+
+def test_a_row_read_here_is_written_back_without_the_columns_it_did_not_change():
+    session = CustomerSession.objects.create(integration_id="s1", total=Decimal(5), state="open")
+    row = _read_one(CustomerSession, session.pk)
+    # Another writer changes a column this one leaves alone, between the read and the write.
+    CustomerSession.objects.filter(pk=session.pk).update(state="closed")
+    row.total = Decimal("7.50")
+    row.raw["note"] = "changed in place"  # JSON columns are written whatever they look like
+    with CaptureQueriesContext(connection) as captured, transaction.atomic(), _db.together():
+        _db.upsert(CustomerSession, [row], ["integration_id"])
+    (update,) = [q["sql"] for q in captured if q["sql"].startswith("UPDATE")]
+    assert '"state"' not in update and '"total"' in update
+    found = CustomerSession.objects.get(pk=session.pk)
+    assert (found.state, found.total, found.raw) == ("closed", Decimal("7.50"), row.raw)
+    assert found.updated_at > session.updated_at
+
+
+def test_a_row_read_here_and_left_as_it_was_costs_no_statement():
+    profile = CustomerProfile.objects.create(integration_id="p1")
+    audience = Audience.objects.create(talon_id=3, name="VIP")
+    member = AudienceMembership.objects.create(profile=profile, audience=audience)
+    row = _read_one(AudienceMembership, member.pk)
+    with CaptureQueriesContext(connection) as captured:
+        _db.upsert(AudienceMembership, [row], ["profile", "audience"])
+    assert [q for q in captured if q["sql"].startswith(("UPDATE", "INSERT"))] == []
+    row.synced_at = timezone.now()
+    _db.upsert(AudienceMembership, [row], ["profile", "audience"])
+    assert AudienceMembership.objects.get().synced_at == row.synced_at
