@@ -258,6 +258,7 @@ def upsert(model: type[M], rows: Iterable[M], unique_fields: list[str]) -> None:
     ]
     if not columns:
         return  # every column still holds what was read
+    row.__dict__.pop(_READ, None)  # what was read is not what the row holds once written
     sql = statement(_update_sql, model, tuple(column.attname for column in columns))
 
     def then(cursor: Any) -> None:

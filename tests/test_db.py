@@ -204,6 +204,10 @@ def test_a_row_read_here_is_written_back_without_the_columns_it_did_not_change()
     found = CustomerSession.objects.get(pk=session.pk)
     assert (found.state, found.total, found.raw) == ("closed", Decimal("7.50"), row.raw)
     assert found.updated_at > session.updated_at
+    # Written, the row no longer claims to hold what was read: a second write sends every column.
+    row.state = "open"
+    _db.upsert(CustomerSession, [row], ["integration_id"])
+    assert CustomerSession.objects.get(pk=session.pk).state == "open"
 
 
 def test_a_row_read_here_and_left_as_it_was_costs_no_statement():
