@@ -110,6 +110,45 @@ def execute(sql: str, params: Sequence[Any] = (), then: Callable[[Any], Any] | N
     waiting.append((cursor, then))
 
 
+def insert_then(model: type[M], row: M, sql: str, params: Sequence[Any]) -> list[Any]:
+    """INSERT ``row`` (its pk set) and commit it, then run ``sql`` and return its rows: two
+    statements, each committed on its own, so ``sql`` sees what other transactions committed
+    meanwhile. Outside a transaction only (autocommit).
+
+    On PostgreSQL with psycopg 3 and client-side binding (Django's default) the two go as one
+    query, ``INSERT ...; COMMIT; sql``, which the server runs exactly as two committed statements
+    but answers in one round trip. Elsewhere they run one after the other.
+    """
+    if not _one_query_allowed():
+        insert(model, [row], returning=True)
+        found: list[Any] = []
+        execute(sql, params, lambda cursor: found.extend(cursor.fetchall()))
+        return found
+    shape = statement(_insert_shape, model, (), False, True)
+    values = [value(row) for value in shape.values]
+    with connection.cursor() as cursor:
+        cursor.execute(f"{shape.row_sql}; COMMIT; {sql}", [*values, *params])
+        ((row.pk,),) = cursor.fetchall()
+        row._state.adding = False
+        cursor.nextset()  # the COMMIT's
+        cursor.nextset()
+        return list(cursor.fetchall())
+
+
+def _one_query_allowed() -> bool:
+    """Whether several statements may share one query string here: psycopg 3's client-side
+    cursors send it as one simple query (server-side binding takes one statement at a time),
+    and only in autocommit, where the COMMIT in it ends no transaction of the caller's."""
+    if connection.vendor != "postgresql" or in_pipeline():
+        return False
+    if connection.in_atomic_block or not connection.get_autocommit():
+        return False
+    module = getattr(connection, "Database", None)
+    if getattr(module, "__name__", "") != "psycopg":
+        return False
+    return not connection.settings_dict.get("OPTIONS", {}).get("server_side_binding")
+
+
 def select_sql(model: type[models.Model], where: str, order_by: str, lock: bool) -> str:
     """``SELECT`` of every concrete column of ``model`` (in field order) ``WHERE where``.
 

@@ -528,13 +528,12 @@ def send_now(
     )
     # Both written out: on the checkout path the ORM took longer to build them than the
     # database to run them. The row is committed before the check, so of two senders racing for
-    # one key at least one sees the other.
-    _db.insert(Push, [push], returning=True)
-    found: list[Any] = []
-    _db.execute(
+    # one key at least one sees the other; on PostgreSQL both go in one round trip.
+    found = _db.insert_then(
+        Push,
+        push,
         _db.statement(_busy_sql),
-        [key, *UNFINISHED, push.pk, push.pk, Push.State.IN_FLIGHT],
-        lambda cursor: found.extend(cursor.fetchall()),
+        [key, *UNFINISHED, token, key, token, Push.State.IN_FLIGHT],
     )
     busy = bool(found)
     if busy:
@@ -786,12 +785,17 @@ def _compare_and_set(
 
 
 def _busy_sql() -> str:
-    """Another unfinished row of the key: earlier, or in flight (send_now's check)."""
+    """Another unfinished row of the key than send_now's own (the one its token claims):
+    earlier, or in flight. Named by the token, so the check can go out before the pk is known."""
     c = _columns()
+    mine = (
+        f"(SELECT {c['id']} FROM {c['table']}"  # noqa: S608
+        f" WHERE {c['key']} = %s AND {c['claimed_by']} = %s)"
+    )
     return (
         f"SELECT 1 FROM {c['table']} WHERE {c['key']} = %s"  # noqa: S608
-        f" AND {c['state']} IN (%s, %s) AND {c['id']} <> %s"
-        f" AND ({c['id']} < %s OR {c['state']} = %s)"
+        f" AND {c['state']} IN (%s, %s) AND {c['claimed_by']} <> %s"
+        f" AND ({c['id']} < {mine} OR {c['state']} = %s)"
     )
 
 

@@ -221,3 +221,31 @@ def test_a_row_read_here_and_left_as_it_was_costs_no_statement():
     row.synced_at = timezone.now()
     _db.upsert(AudienceMembership, [row], ["profile", "audience"])
     assert AudienceMembership.objects.get().synced_at == row.synced_at
+
+
+def _in_flight(key: str) -> Push:
+    return Push(key=key, operation="update_customer_session_v2", payload={}, state="in_flight")
+
+
+@pytest.mark.postgres
+def test_insert_then_commits_the_row_before_the_check_runs_in_one_round_trip():
+    push = _in_flight("k1")
+    xids = (
+        "SELECT (SELECT xmin::text::bigint FROM talonone_push WHERE key = %s),"
+        " txid_current() %% 4294967296"
+    )
+    with CaptureQueriesContext(connection) as captured:
+        ((inserted_in, checked_in),) = _db.insert_then(Push, push, xids, ["k1"])
+    assert inserted_in != checked_in  # the check ran in a transaction of its own
+    assert push.pk == Push.objects.get(key="k1").pk and not push._state.adding
+    server_binds = connection.settings_dict["OPTIONS"].get("server_side_binding")
+    assert len(captured) == (2 if server_binds else 1)  # one round trip where it can be
+
+
+def test_insert_then_in_the_callers_transaction_commits_nothing_of_it():
+    with pytest.raises(RuntimeError), transaction.atomic():
+        push = _in_flight("k2")
+        rows = _db.insert_then(Push, push, "SELECT COUNT(*) FROM talonone_push", [])
+        assert rows == [(1,)] and push.pk is not None
+        raise RuntimeError("the shop's transaction rolls back")
+    assert not Push.objects.exists()
