@@ -533,7 +533,7 @@ def send_now(
         Push,
         push,
         _db.statement(_busy_sql),
-        [key, *UNFINISHED, token, key, token, Push.State.IN_FLIGHT],
+        [key, *UNFINISHED, token, key, Push.State.IN_FLIGHT, token, Push.State.IN_FLIGHT],
     )
     busy = bool(found)
     if busy:
@@ -788,9 +788,10 @@ def _busy_sql() -> str:
     """Another unfinished row of the key than send_now's own (the one its token claims):
     earlier, or in flight. Named by the token, so the check can go out before the pk is known."""
     c = _columns()
+    # In flight: found through the index of unfinished rows, whatever the key's history.
     mine = (
         f"(SELECT {c['id']} FROM {c['table']}"  # noqa: S608
-        f" WHERE {c['key']} = %s AND {c['claimed_by']} = %s)"
+        f" WHERE {c['key']} = %s AND {c['state']} = %s AND {c['claimed_by']} = %s)"
     )
     return (
         f"SELECT 1 FROM {c['table']} WHERE {c['key']} = %s"  # noqa: S608
