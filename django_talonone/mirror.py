@@ -569,9 +569,12 @@ def _copy_codes(session: CustomerSession, data: Mapping[str, Any]) -> None:
         session.referral_code = str(data.get("referralCode") or "")[:100]
 
 
-def _cart_rows(session: CustomerSession, items: list[Any]) -> list[dict[str, Any]]:
+def _cart_rows(
+    session: CustomerSession, items: list[Any], positions: set[int] | None = None
+) -> list[dict[str, Any]]:
     """:class:`CartItem` column values (by attname) for the ``cartItems`` of a session
-    (position = index); plain dicts, as nothing reads the rows back as models."""
+    (position = index), only those at ``positions`` if given; plain dicts, as nothing reads the
+    rows back as models."""
     return [
         {
             "session_id": session.pk,
@@ -587,7 +590,7 @@ def _cart_rows(session: CustomerSession, items: list[Any]) -> list[dict[str, Any
             "raw": dict(item),
         }
         for position, item in enumerate(items)
-        if isinstance(item, Mapping)
+        if isinstance(item, Mapping) and (positions is None or position in positions)
     ]
 
 
@@ -610,15 +613,14 @@ def _cart_changes(
     rewrites one row, and the other rows keep their ids. Without it, every line is written and
     every row past the new end goes.
     """
-    rows = _cart_rows(session, items)
     if before is None:
-        return rows, len(rows)
-    changed = [
-        row
-        for row in rows
-        if row["position"] >= len(before) or before[row["position"]] != row["raw"]
-    ]
-    return changed, (len(rows) if len(rows) < len(before) else None)
+        return _cart_rows(session, items), len(items)
+    changed = {
+        position
+        for position, item in enumerate(items)
+        if position >= len(before) or before[position] != item
+    }
+    return _cart_rows(session, items, changed), (len(items) if len(items) < len(before) else None)
 
 
 def _session_raw(previous: Mapping[str, Any], answer: Mapping[str, Any]) -> dict[str, Any]:

@@ -338,6 +338,14 @@ def test_the_lines_are_the_last_answers_cart_whatever_changed(first, then):
     assert [line.raw for line in session.cart_items.order_by("position")] == then
 
 
+def test_a_malformed_line_keeps_its_place_and_the_lines_after_it_stay():
+    mirror.mirror_session_answer(SID, session_answer(cart=["bogus", *CART]))
+    then = ["bogus", dict(CART[0], quantity=5), CART[1]]
+    session = mirror.mirror_session_answer(SID, session_answer(cart=then))
+    found = [(position, sku, quantity) for _pk, position, sku, quantity in lines(session)]
+    assert found == [(1, "TSHIRT-M", 5), (2, "MUG", 1)]
+
+
 def test_the_same_effects_again_leave_the_rows_alone():
     first = [r.pk for r in current(mirror.mirror_session_answer(SID, session_answer()))]
     session = mirror.mirror_session_answer(SID, session_answer(update_count=5))
