@@ -44,16 +44,21 @@ def statement(build: Callable[..., Any], *args: Any) -> Any:
     return found
 
 
+def _psycopg3() -> Any:
+    """The psycopg 3 module when this connection is PostgreSQL through it, else None."""
+    module = getattr(connection, "Database", None)
+    if connection.vendor == "postgresql" and getattr(module, "__name__", "") == "psycopg":
+        return module
+    return None
+
+
 def pipelined() -> bool:
     """Whether :func:`together` sends its statements as one pipeline on this connection."""
-    module = getattr(connection, "Database", None)
+    module = _psycopg3()
     name = getattr(module, "__name__", "")
     found = _pipelines.get(name)
     if found is None:
-        found = False
-        if connection.vendor == "postgresql" and name == "psycopg":
-            found = bool(module.Pipeline.is_supported())  # type: ignore[union-attr]
-        _pipelines[name] = found
+        found = _pipelines[name] = module is not None and bool(module.Pipeline.is_supported())
     return found
 
 
@@ -113,7 +118,7 @@ def execute(sql: str, params: Sequence[Any] = (), then: Callable[[Any], Any] | N
 def insert_then(model: type[M], row: M, sql: str, params: Sequence[Any]) -> list[Any]:
     """INSERT ``row`` (its pk set) and commit it, then run ``sql`` and return its rows: two
     statements, each committed on its own, so ``sql`` sees what other transactions committed
-    meanwhile. Outside a transaction only (autocommit).
+    meanwhile. Inside a transaction both simply run in it (and nothing is committed).
 
     On PostgreSQL with psycopg 3 and client-side binding (Django's default) the two go as one
     query, ``INSERT ...; COMMIT; sql``, which the server runs exactly as two committed statements
@@ -139,12 +144,9 @@ def _one_query_allowed() -> bool:
     """Whether several statements may share one query string here: psycopg 3's client-side
     cursors send it as one simple query (server-side binding takes one statement at a time),
     and only in autocommit, where the COMMIT in it ends no transaction of the caller's."""
-    if connection.vendor != "postgresql" or in_pipeline():
+    if _psycopg3() is None or in_pipeline():
         return False
     if connection.in_atomic_block or not connection.get_autocommit():
-        return False
-    module = getattr(connection, "Database", None)
-    if getattr(module, "__name__", "") != "psycopg":
         return False
     return not connection.settings_dict.get("OPTIONS", {}).get("server_side_binding")
 
@@ -349,9 +351,8 @@ def _parameter(field: models.Field, existing: bool) -> tuple[str, Callable[[Any]
     """A row's value of ``field`` as one statement parameter: its placeholder and a function
     giving the value. On PostgreSQL a JSON column is written as text by _json (as insert()'s
     documents are) and cast to jsonb; everything else as the driver takes it."""
-    value = _column_value(field, existing, json_ready=False)
     if not (isinstance(field, models.JSONField) and connection.vendor == "postgresql"):
-        return "%s", value
+        return "%s", _column_value(field, existing, json_ready=False)
     ready = _column_value(field, existing)
 
     def text(row: Any) -> Any:
