@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from django.db import connection, models
+from django.db import connection, models, transaction
 from django.db.models.base import ModelState
 from django.db.models.signals import post_init, pre_init
 
@@ -32,6 +32,10 @@ _state = threading.local()
 #: The attribute holding the values a row had when :func:`instances` read it.
 _READ = "_talonone_read"
 _statements: dict[tuple[Any, ...], Any] = {}
+#: ``_state.commit`` inside :func:`atomic_committed_with_last_block`: the COMMIT may still go out
+#: with a ``together(last=True)`` block, or has gone out with one.
+_COMMIT_ALLOWED = "allowed"
+_COMMIT_SENT = "sent"
 _pipelines: dict[str, bool] = {}
 
 
@@ -68,13 +72,18 @@ def in_pipeline() -> bool:
 
 
 @contextlib.contextmanager
-def together() -> Iterator[None]:
+def together(*, last: bool = False) -> Iterator[None]:
     """Run the block's :func:`execute` calls as one pipeline where the database allows it.
 
     A statement's ``then`` runs when the block ends; nothing inside may need a result earlier.
     An error of any statement is raised (as Django's database error) when the block ends, and
     the statements after it are not run; the caller's transaction must then be rolled back, as
     Django's ``atomic`` does. Nested blocks join the outer one.
+
+    ``last``: the caller runs no statement after this block. Inside
+    :func:`atomic_committed_with_last_block` (whose caller promises the same for the rest of the
+    transaction) and outside any savepoint, the transaction's COMMIT then goes out in this
+    block's pipeline instead of in a round trip of its own.
     """
     if in_pipeline() or not pipelined():
         yield
@@ -85,6 +94,15 @@ def together() -> Iterator[None]:
     try:
         with connection.wrap_database_errors, connection.connection.pipeline():
             yield
+            if (
+                last
+                and getattr(_state, "commit", None) == _COMMIT_ALLOWED
+                and not any(connection.savepoint_ids)  # None: an atomic block without one
+            ):
+                _state.commit = _COMMIT_SENT
+                cursor = connection.cursor()
+                cursor.execute("COMMIT")
+                waiting.append((cursor, None))
         _state.waiting = None  # what a ``then`` runs goes out at once
         for cursor, then in waiting:
             if then is not None:
@@ -95,12 +113,41 @@ def together() -> Iterator[None]:
             cursor.close()
 
 
+@contextlib.contextmanager
+def atomic_committed_with_last_block() -> Iterator[None]:
+    """``transaction.atomic()``; when it is the outermost block and :func:`together` sends
+    pipelines, its COMMIT goes out with the statements of the block's ``together(last=True)``,
+    which spares the commit a round trip of its own.
+
+    The transaction is then over when that block ends: Django's own commit at the end of the
+    ``atomic`` finds nothing left to commit, and its ``on_commit`` callbacks run as usual. Inside
+    a transaction of the caller's (a savepoint), or without pipelines, this is plain ``atomic``
+    and ``last`` changes nothing. A statement run through :func:`execute` after the COMMIT has
+    gone out is refused, so the transaction cannot be split in two unnoticed.
+    """
+    outermost = not connection.in_atomic_block
+    with transaction.atomic():
+        if not outermost or not pipelined() or getattr(_state, "commit", None) is not None:
+            yield
+            return
+        _state.commit = _COMMIT_ALLOWED
+        try:
+            yield
+        finally:
+            _state.commit = None
+
+
 def execute(sql: str, params: Sequence[Any] = (), then: Callable[[Any], Any] | None = None) -> None:
     """Run one statement through a Django cursor; ``then(cursor)`` reads its results.
 
     Inside :func:`together` on PostgreSQL the statement is only queued, and ``then`` runs when the
     block ends.
     """
+    if getattr(_state, "commit", None) == _COMMIT_SENT:
+        raise RuntimeError(
+            "the transaction was committed with its last together() block: "
+            "no statement of it may follow"
+        )
     cursor = connection.cursor()
     waiting = getattr(_state, "waiting", None)
     if waiting is None:

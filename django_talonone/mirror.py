@@ -242,8 +242,10 @@ def _mirror_sessions(
         if plan.old:
             by_old[plan.old].append(sessions[sid].pk)
     reevaluate = [sessions[sid].pk for sid, plan in plans.items() if plan.reevaluate]
-    # Nothing below needs an answer before the end: on PostgreSQL, one wait for all of it.
-    with _db.together():
+    # Nothing below needs an answer before the end: on PostgreSQL, one wait for all of it. Unless
+    # a return's history follows, these are the mirror's last statements (see _db.together).
+    settles = [item for item in items if _settles(item)]
+    with _db.together(last=not settles):
         if carts:
             ends = [(pk, end) for pk, (_rows, end) in carts.items() if end is not None]
             if ends:
@@ -267,10 +269,9 @@ def _mirror_sessions(
             _reevaluate(reevaluate)
         if also is not None:
             also([sessions[sid] for sid in ids])
-    for item in items:
-        if _settles(item):
-            # A return: what the session still has is current; the rollbacks are history.
-            _add_history(sessions[item.session_id], item.answer.get("effects") or [], now)
+    for item in settles:
+        # A return: what the session still has is current; the rollbacks are history.
+        _add_history(sessions[item.session_id], item.answer.get("effects") or [], now)
     # One commit callback for the batch sends every signal, in the order given.
     announcements = [
         (

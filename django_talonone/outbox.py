@@ -1248,7 +1248,9 @@ def _finish(
         _queue_update_claimed([push.pk], token, done, counted)
 
     try:
-        with transaction.atomic():
+        # Nothing after the mirror's writes runs a statement in this transaction: on PostgreSQL
+        # its COMMIT goes out with them (when the transaction is this one's own).
+        with _db.atomic_committed_with_last_block():
             attempt.session, attempt.profile = _mirror(
                 push, answer, reconciled=reconciled, order=order, settled=settled, also=mark_done
             )

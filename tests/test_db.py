@@ -249,3 +249,79 @@ def test_insert_then_in_the_callers_transaction_commits_nothing_of_it():
         assert rows == [(1,)] and push.pk is not None
         raise RuntimeError("the shop's transaction rolls back")
     assert not Push.objects.exists()
+
+
+def _seen_by_another_connection(integration_id: str) -> int:
+    """How many profiles ``integration_id`` another connection sees (committed rows only)."""
+    import psycopg
+
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    with psycopg.connect(**params, autocommit=True) as other:
+        table = CustomerProfile._meta.db_table
+        sql = f'SELECT COUNT(*) FROM "{table}" WHERE integration_id = %s'
+        return other.execute(sql, [integration_id]).fetchone()[0]
+
+
+@pytest.mark.postgres
+def test_the_commit_goes_out_with_the_last_block_of_an_own_transaction():
+    committed: list[int] = []
+    with CaptureQueriesContext(connection) as queries, _db.atomic_committed_with_last_block():
+        transaction.on_commit(lambda: committed.append(_seen_by_another_connection("p1")))
+        # As the mirror nests it: an atomic block without a savepoint of its own.
+        with transaction.atomic(savepoint=False), _db.together(last=True):
+            _db.insert(CustomerProfile, [CustomerProfile(integration_id="p1")])
+        # Committed when the block ended, before the atomic block is left.
+        assert _seen_by_another_connection("p1") == 1
+        assert committed == []  # on_commit callbacks still wait for the end of the atomic block
+        with pytest.raises(RuntimeError, match="committed"):
+            _db.execute(_count_sql(), ["p1"])
+    assert committed == [1]
+    sent = [query["sql"] for query in queries.captured_queries]
+    assert sent[sent.index("COMMIT") - 1].startswith('INSERT INTO "talonone_customerprofile"')
+    assert connection.get_autocommit() and not connection.in_atomic_block
+    assert CustomerProfile.objects.filter(integration_id="p1").count() == 1  # usable afterwards
+
+
+@pytest.mark.postgres
+def test_inside_the_callers_transaction_the_last_block_commits_nothing():
+    with transaction.atomic():
+        with _db.atomic_committed_with_last_block(), _db.together(last=True):
+            _db.insert(CustomerProfile, [CustomerProfile(integration_id="p1")])
+        assert _seen_by_another_connection("p1") == 0
+        _db.execute(_count_sql(), ["p1"])  # the caller's transaction goes on
+        transaction.set_rollback(True)
+    assert not CustomerProfile.objects.exists()
+
+
+@pytest.mark.postgres
+def test_inside_a_savepoint_the_last_block_commits_nothing():
+    with _db.atomic_committed_with_last_block():
+        with transaction.atomic(), _db.together(last=True):  # a savepoint
+            _db.insert(CustomerProfile, [CustomerProfile(integration_id="p1")])
+        assert _seen_by_another_connection("p1") == 0
+    assert _seen_by_another_connection("p1") == 1  # committed by the atomic block as usual
+
+
+@pytest.mark.postgres
+def test_a_failing_last_block_commits_nothing():
+    CustomerProfile.objects.create(integration_id="taken")
+    with (
+        pytest.raises(IntegrityError),
+        _db.atomic_committed_with_last_block(),
+        _db.together(last=True),
+    ):
+        _db.insert(CustomerProfile, [CustomerProfile(integration_id="new")])
+        _db.insert(CustomerProfile, [CustomerProfile(integration_id="taken")])
+    assert _seen_by_another_connection("new") == 0
+    assert list(CustomerProfile.objects.values_list("integration_id", flat=True)) == ["taken"]
+
+
+def test_blocks_not_marked_last_leave_the_commit_to_the_atomic_block():
+    with _db.atomic_committed_with_last_block():
+        with _db.together():
+            _db.insert(CustomerProfile, [CustomerProfile(integration_id="p1")])
+        _db.execute(_count_sql(), ["p1"])  # still the same transaction: allowed
+        transaction.set_rollback(True)
+    assert not CustomerProfile.objects.exists()
