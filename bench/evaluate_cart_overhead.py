@@ -107,6 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         help="Django OPTIONS added on PostgreSQL for a trial (JSON), e.g."
         ' \'{"options": "-c synchronous_commit=off"}\'',
     )
+    parser.add_argument(
+        "--against",
+        metavar="TARGET=REPLACEMENT",
+        help="also time evaluate_cart with the object at the dotted path TARGET swapped for the"
+        " one at REPLACEMENT, call by call in the same process, and print the difference (the"
+        " machine's drift cancels out), e.g. django_talonone._db.atomic_committed_with_last_block"
+        "=django.db.transaction.atomic",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--sandbox-url", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON")
@@ -147,8 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     goals = {}
     for db in dbs:
         r = results[db]
-        for name in ("bare", "evaluate_cart"):
-            s = r["contenders"][name]
+        for name in ("bare", "evaluate_cart", "against"):
+            s = r["contenders"].get(name)
+            if s is None:
+                continue
             print(
                 f"{db:<17} {name:<14} {s['p50_ms']:>7.2f} {s['p95_ms']:>7.2f} {s['mean_ms']:>8.2f}"
                 f" {s['cpu_p50_ms']:>8.2f} {s.get('queries', 0):>8}"
@@ -164,6 +174,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{'':<17} overhead       {over['p50_ms']:>7.2f} {over['p95_ms']:>7.2f}"
             f"          {over['cpu_p50_ms']:>8.2f}   (evaluate_cart - bare{spread})"
         )
+        if r.get("against"):
+            a = r["against"]
+            print(
+                f"{'':<17} {'- against':<14} {a['p50_ms']:>7.2f}"
+                f"                   {a['cpu_p50_ms']:>8.2f}   (evaluate_cart - against; median of"
+                f" pairwise differences {a['median_of_pairwise_ms']:.2f}; against = {a['swap']})"
+            )
         goals[db] = {
             "limit_ms": GOAL_OVERHEAD_MS,
             "value_ms": over["p50_ms"],
@@ -223,6 +240,8 @@ def _run_child(db: str, sandbox_url: str, args: argparse.Namespace) -> dict[str,
         cmd.append("--profile")
     if args.statement_times:
         cmd.append("--statement-times")
+    if args.against:
+        cmd += ["--against", args.against]
     cmd += ["--settings", json.dumps(args.settings), "--pg-options", json.dumps(args.pg_options)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
     if proc.returncode != 0:
@@ -305,11 +324,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"evaluate_cart fell back: {result.error or 'preview'}")
         return result
 
+    changes = [0]
+
     def prepare(name: str, i: int) -> None:  # untimed: the shop changes its cart
-        if name == "evaluate_cart":
-            _set_quantity(cart, i, args.same_cart)
+        if name != "bare":
+            changes[0] += 1  # each call of a contender that sends the cart sees it changed
+            _set_quantity(cart, changes[0], args.same_cart)
 
     contenders = {"bare": call_bare, "evaluate_cart": call_evaluate}
+    if args.against:
+        contenders["against"] = _swapped(call_evaluate, args.against)
     prepare("evaluate_cart", 0)
     if not call_evaluate(0).effects:
         raise SystemExit("the sandbox answered no effects for the cart")
@@ -350,6 +374,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "median_of_pairwise_ms": round(statistics.median(pairs) / 1e6, 3),
     }
     found = {"contenders": stats, "overhead": overhead, "statements": statements}
+    if args.against:
+        pairs = [e - a for e, a in zip(samples["evaluate_cart"], samples["against"], strict=True)]
+        found["against"] = {
+            "swap": args.against,
+            "p50_ms": round(stats["evaluate_cart"]["p50_ms"] - stats["against"]["p50_ms"], 3),
+            "cpu_p50_ms": round(
+                stats["evaluate_cart"]["cpu_p50_ms"] - stats["against"]["cpu_p50_ms"], 3
+            ),
+            "median_of_pairwise_ms": round(statistics.median(pairs) / 1e6, 3),
+        }
     if args.statement_times:
         found["statement_times"] = _statement_times(call_evaluate, prepare, args.warmup + args.n)
     if args.profile:
@@ -367,6 +401,36 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         stats_of.sort_stats("cumulative").print_stats(os.environ.get("PROFILE_FILTER", ""), 60)
         found["profile"] = out.getvalue()
     return found
+
+
+def _swapped(call: Any, spec: str) -> Any:
+    """``call`` run with the object at one dotted path replaced by another (``TARGET=REPLACEMENT``)
+    for the length of each call."""
+    import importlib
+
+    def resolve(path: str) -> tuple[Any, str]:
+        module_name, _, attribute = path.strip().rpartition(".")
+        if not module_name:
+            raise SystemExit(f"--against: {path!r} is not a dotted path")
+        module = importlib.import_module(module_name)
+        if not hasattr(module, attribute):
+            raise SystemExit(f"--against: {module_name} has no {attribute!r}")
+        return module, attribute
+
+    target, _, replacement = spec.partition("=")
+    owner, name = resolve(target)
+    source, source_name = resolve(replacement)
+    new = getattr(source, source_name)
+
+    def swapped(i: int) -> Any:
+        old = getattr(owner, name)
+        setattr(owner, name, new)
+        try:
+            return call(i)
+        finally:
+            setattr(owner, name, old)
+
+    return swapped
 
 
 def _statement_times(call: Any, prepare: Any, start: int) -> list[tuple[float, str]]:
