@@ -99,10 +99,8 @@ def together(*, last: bool = False) -> Iterator[None]:
                 and getattr(_state, "commit", None) == _COMMIT_ALLOWED
                 and not any(connection.savepoint_ids)  # None: an atomic block without one
             ):
+                execute("COMMIT")  # queued like the block's statements
                 _state.commit = _COMMIT_SENT
-                cursor = connection.cursor()
-                cursor.execute("COMMIT")
-                waiting.append((cursor, None))
         _state.waiting = None  # what a ``then`` runs goes out at once
         for cursor, then in waiting:
             if then is not None:

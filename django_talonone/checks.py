@@ -362,7 +362,10 @@ def check_pipeline(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         *_check_timeouts(get("EVALUATE_TIMEOUT"), get("IN_FLIGHT_TIMEOUT"), get("TIMEOUT")),
         *_check_response_content(get("RESPONSE_CONTENT")),
         *_check_response_content(
-            get("EVALUATE_RESPONSE_CONTENT"), "EVALUATE_RESPONSE_CONTENT", "talonone.E041"
+            get("EVALUATE_RESPONSE_CONTENT"),
+            "EVALUATE_RESPONSE_CONTENT",
+            "talonone.E041",
+            optional=True,
         ),
         *_check_program_ids(get("LOYALTY_PROGRAM_IDS")),
         *_check_batches(get("BATCH_SIZE"), get("SEND_CONCURRENCY")),
@@ -494,10 +497,14 @@ def _check_timeouts(evaluate: Any, in_flight: Any, timeout: Any) -> list[checks.
 
 
 def _check_response_content(
-    value: Any, name: str = "RESPONSE_CONTENT", check_id: str = "talonone.E038"
+    value: Any,
+    name: str = "RESPONSE_CONTENT",
+    check_id: str = "talonone.E038",
+    *,
+    optional: bool = False,
 ) -> list[checks.CheckMessage]:
-    """A list of responseContent values; EVALUATE_RESPONSE_CONTENT may also be None."""
-    if value is None and name != "RESPONSE_CONTENT":
+    """A list of responseContent values (``optional``: or None, for "not set")."""
+    if value is None and optional:
         return []
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         unknown = [v for v in value if v not in SESSION_RESPONSE_CONTENT]
