@@ -37,6 +37,8 @@ _statements: dict[tuple[Any, ...], Any] = {}
 _COMMIT_ALLOWED = "allowed"
 _COMMIT_SENT = "sent"
 _pipelines: dict[str, bool] = {}
+#: Makes the transaction it runs in commit without waiting for the disk (PostgreSQL).
+_ASYNC_COMMIT = "SET LOCAL synchronous_commit TO OFF"
 
 
 def statement(build: Callable[..., Any], *args: Any) -> Any:
@@ -99,6 +101,8 @@ def together(*, last: bool = False) -> Iterator[None]:
                 and getattr(_state, "commit", None) == _COMMIT_ALLOWED
                 and not any(connection.savepoint_ids)  # None: an atomic block without one
             ):
+                if not getattr(_state, "durable", True):
+                    execute(_ASYNC_COMMIT)  # this transaction only
                 execute("COMMIT")  # queued like the block's statements
                 _state.commit = _COMMIT_SENT
         _state.waiting = None  # what a ``then`` runs goes out at once
@@ -112,7 +116,7 @@ def together(*, last: bool = False) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def atomic_committed_with_last_block() -> Iterator[None]:
+def atomic_committed_with_last_block(*, durable: bool = True) -> Iterator[None]:
     """``transaction.atomic()``; when it is the outermost block and :func:`together` sends
     pipelines, its COMMIT goes out with the statements of the block's ``together(last=True)``,
     which spares the commit a round trip of its own.
@@ -122,6 +126,13 @@ def atomic_committed_with_last_block() -> Iterator[None]:
     a transaction of the caller's (a savepoint), or without pipelines, this is plain ``atomic``
     and ``last`` changes nothing. A statement run through :func:`execute` after the COMMIT has
     gone out is refused, so the transaction cannot be split in two unnoticed.
+
+    ``durable=False``: when the COMMIT goes out with the last block, it does not wait for the
+    server to flush it to disk (``synchronous_commit`` off for this transaction only). It is
+    visible to every other connection at once, as always; only a crash of the database server
+    in the next fraction of a second can undo it, and any later commit that does wait (another
+    transaction's, on any connection) makes it durable too. For transactions whose loss the
+    caller can recover from.
     """
     outermost = not connection.in_atomic_block
     with transaction.atomic():
@@ -129,10 +140,50 @@ def atomic_committed_with_last_block() -> Iterator[None]:
             yield
             return
         _state.commit = _COMMIT_ALLOWED
+        _state.durable = durable
         try:
-            yield
+            with _begin_with_first_statement():
+                yield
         finally:
             _state.commit = None
+            _state.durable = True
+
+
+@contextlib.contextmanager
+def _begin_with_first_statement() -> Iterator[None]:
+    """Inside a transaction Django has just opened (nothing sent yet): the BEGIN goes out with
+    the block's first statement rather than on its own.
+
+    psycopg starts a transaction itself before the first statement, and in a pipeline it then
+    waits for the BEGIN's answer: a round trip of its own. Here psycopg is told to run in
+    autocommit for the length of the block (Django still sees its transaction) and a ``BEGIN``
+    is queued in front of the first statement any cursor of this connection executes, ORM or
+    not. Django's commit or rollback at the end of its ``atomic`` block works as ever, and
+    leaves psycopg in autocommit, where Django puts it then anyway.
+    """
+    raw = connection.connection
+    if raw.autocommit or raw.info.transaction_status != _idle():
+        yield  # not a fresh transaction of Django's: leave it alone
+        return
+    pending = [True]
+
+    def begin_first(execute: Any, sql: Any, params: Any, many: bool, context: Any) -> Any:
+        if pending:
+            pending.clear()
+            context["cursor"].cursor.execute("BEGIN")  # the same cursor: queued before it
+        return execute(sql, params, many, context)
+
+    raw.autocommit = True  # nothing is in progress: this sends nothing
+    try:
+        with connection.execute_wrapper(begin_first):
+            yield
+    finally:
+        if raw.info.transaction_status == _idle() and not raw.closed:
+            raw.autocommit = False  # committed, or never begun: Django's view again
+
+
+def _idle() -> Any:
+    return _psycopg3().pq.TransactionStatus.IDLE
 
 
 def execute(sql: str, params: Sequence[Any] = (), then: Callable[[Any], Any] | None = None) -> None:
@@ -160,14 +211,19 @@ def execute(sql: str, params: Sequence[Any] = (), then: Callable[[Any], Any] | N
     waiting.append((cursor, then))
 
 
-def insert_then(model: type[M], row: M, sql: str, params: Sequence[Any]) -> list[Any]:
+def insert_then(
+    model: type[M], row: M, sql: str, params: Sequence[Any], *, durable: bool = True
+) -> list[Any]:
     """INSERT ``row`` (its pk set) and commit it, then run ``sql`` and return its rows: two
     statements, each committed on its own, so ``sql`` sees what other transactions committed
     meanwhile. Inside a transaction both simply run in it (and nothing is committed).
 
     On PostgreSQL with psycopg 3 and client-side binding (Django's default) the two go as one
-    query, ``INSERT ...; COMMIT; sql``, which the server runs exactly as two committed statements
-    but answers in one round trip. Elsewhere they run one after the other.
+    query, ``BEGIN; INSERT ...; COMMIT; sql``, which the server runs exactly as two committed
+    statements but answers in one round trip. Elsewhere they run one after the other.
+
+    ``durable=False``: in that one query, the INSERT's commit does not wait for the disk (see
+    :func:`atomic_committed_with_last_block`); elsewhere it changes nothing.
     """
     if not _one_query_allowed():
         insert(model, [row], returning=True)
@@ -176,8 +232,13 @@ def insert_then(model: type[M], row: M, sql: str, params: Sequence[Any]) -> list
         return found
     shape = statement(_insert_shape, model, (), False, True)
     values = [value(row) for value in shape.values]
+    # The explicit BEGIN: a COMMIT inside a query's implicit transaction works, but the server
+    # logs a warning ("there is no transaction in progress") every time.
+    begin = "BEGIN; " if durable else f"BEGIN; {_ASYNC_COMMIT}; "
     with connection.cursor() as cursor:
-        cursor.execute(f"{shape.row_sql}; COMMIT; {sql}", [*values, *params])
+        cursor.execute(f"{begin}{shape.row_sql}; COMMIT; {sql}", [*values, *params])
+        for _ in range(begin.count(";")):
+            cursor.nextset()  # past the BEGIN's (and the SET's) results
         ((row.pk,),) = cursor.fetchall()
         row._state.adding = False
         cursor.nextset()  # the COMMIT's

@@ -369,6 +369,7 @@ def check_pipeline(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         ),
         *_check_program_ids(get("LOYALTY_PROGRAM_IDS")),
         *_check_batches(get("BATCH_SIZE"), get("SEND_CONCURRENCY")),
+        *_check_async_commit(get("ASYNC_COMMIT")),
     ]
 
 
@@ -534,6 +535,20 @@ def _check_program_ids(value: Any) -> list[checks.CheckMessage]:
             hint="Use the numeric ids of your loyalty programs (Talon.One: Loyalty > program "
             "settings), or leave it out.",
             id="talonone.E039",
+        )
+    ]
+
+
+def _check_async_commit(value: Any) -> list[checks.CheckMessage]:
+    if isinstance(value, bool):
+        return []
+    return [
+        checks.Error(
+            f'TALONONE["ASYNC_COMMIT"] must be True or False, got {value!r}.',
+            hint="True (the default) lets PostgreSQL commit the records of successful sends "
+            "without waiting for the disk; False makes every commit wait. "
+            "See docs/operations.md.",
+            id="talonone.E042",
         )
     ]
 

@@ -48,6 +48,12 @@ DEFAULTS: dict[str, Any] = {
     "RATE_LIMIT": None,
     # Seconds evaluate_cart() waits for Talon.One before falling back to the mirrored effects.
     "EVALUATE_TIMEOUT": 2.0,
+    # PostgreSQL: commit the record of a successful send (the mirrored answer, the row marked
+    # done) and evaluate_cart()'s in-flight row of an open cart without waiting for the disk
+    # (synchronous_commit off for those transactions only). A database crash can undo the last
+    # fraction of a second of them; the sweep and the next update put things right, and no push
+    # is lost or sent twice. False: every commit waits. See docs/operations.md.
+    "ASYNC_COMMIT": True,
     # Seconds after which an in-flight push whose worker vanished is reclaimed by the sweep.
     "IN_FLIGHT_TIMEOUT": 300.0,
     # Which parts of the answer to ask for on session updates (responseContent).

@@ -19,6 +19,7 @@ What goes where:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -51,6 +52,7 @@ from .outbox import profile_key, session_key
 
 __all__ = [
     "DISCOUNT_EFFECTS",
+    "Prefetched",
     "SessionAnswer",
     "discount_total",
     "mirror_customer_session",
@@ -59,6 +61,7 @@ __all__ = [
     "mirror_reopen_answer",
     "mirror_session_answer",
     "mirror_session_answers",
+    "prefetch_session",
     "purge_profile",
 ]
 
@@ -104,6 +107,7 @@ def mirror_session_answer(
     savepoint: bool = True,
     settled: Mapping[str, Any] | None = None,
     also: Callable[[list[CustomerSession]], None] | None = None,
+    prefetched: Prefetched | None = None,
 ) -> CustomerSession:
     """Mirror an IntegrationStateV2 (a session update or a return) and return the session.
 
@@ -114,10 +118,11 @@ def mirror_session_answer(
     history and the read-back effects become the current set.
     ``savepoint=False`` saves two round trips when the caller's own transaction wraps the call
     and is rolled back as a whole if it raises (as the outbox's is). ``also``: as for
-    :func:`mirror_session_answers`.
+    :func:`mirror_session_answers`. ``prefetched``: the session's rows as
+    :func:`prefetch_session` read them, used instead of reading them again where they fit.
     """
     item = SessionAnswer(session_id, answer, sent=sent_payload, order=order, settled=settled)
-    return mirror_session_answers([item], savepoint=savepoint, also=also)[0]
+    return mirror_session_answers([item], savepoint=savepoint, also=also, prefetched=prefetched)[0]
 
 
 @dataclass
@@ -137,6 +142,7 @@ def mirror_session_answers(
     *,
     savepoint: bool = False,
     also: Callable[[list[CustomerSession]], None] | None = None,
+    prefetched: Prefetched | None = None,
 ) -> list[CustomerSession]:
     """Mirror the answers of many sessions at once; returns the sessions in the order given.
 
@@ -159,13 +165,14 @@ def mirror_session_answers(
     if not items:
         return []
     with transaction.atomic(savepoint=savepoint):
-        return _mirror_sessions(items, ids, also)
+        return _mirror_sessions(items, ids, also, prefetched)
 
 
 def _mirror_sessions(
     items: Sequence[SessionAnswer],
     ids: list[str],
     also: Callable[[list[CustomerSession]], None] | None,
+    prefetched: Prefetched | None = None,
 ) -> list[CustomerSession]:
     now = timezone.now()
     programs_of: dict[str, dict[int, Mapping[str, Any]]] = {}
@@ -173,7 +180,11 @@ def _mirror_sessions(
         programs = _loyalty_programs(item.answer.get("loyalty"))
         if programs:
             programs_of[item.session_id] = programs
-    found = _read_rows(items, ids, set(programs_of))
+    found = None
+    if prefetched is not None and not programs_of:
+        found = prefetched.rows_for(items)
+    if found is None:
+        found = _read_rows(items, ids, set(programs_of))
     sessions, profiles, profile_of = found.sessions, found.profiles, found.profile_of
     previous = {sid: sessions[sid].state for sid in ids}
     carts: dict[int, tuple[list[dict[str, Any]], int | None]] = {}
@@ -1217,6 +1228,63 @@ class _Rows:
     effects: dict[int, list[Effect]]
 
 
+@dataclass
+class Prefetched:
+    """One session's rows (the session, its profile, its current effects) read without locks
+    by :func:`prefetch_session`, for the mirror of an answer that is still on its way."""
+
+    session_id: str
+    profile_id: str
+    sessions: dict[str, CustomerSession] = dataclasses.field(default_factory=dict)
+    profiles: dict[str, CustomerProfile] = dataclasses.field(default_factory=dict)
+    effects: dict[int, list[Effect]] = dataclasses.field(default_factory=dict)
+
+    def rows_for(self, items: Sequence[SessionAnswer]) -> _Rows | None:
+        """The rows as :func:`_read_rows` would find them, when they are all the answer needs
+        (one session, both rows there, the profile the one the answer names); else None."""
+        if len(items) != 1 or items[0].session_id != self.session_id or items[0].settled:
+            return None
+        session = self.sessions.get(self.session_id)
+        if session is None or _named_profile(items[0]) != self.profile_id:
+            return None
+        if self.profile_id and self.profile_id not in self.profiles:
+            return None
+        return _Rows(
+            sessions={self.session_id: session},
+            profile_of={self.session_id: self.profile_id},
+            profiles=dict(self.profiles),
+            fresh=set(),
+            members={},
+            ledgers={},
+            effects=dict(self.effects),
+        )
+
+
+def prefetch_session(session_id: str, profile_id: str) -> Prefetched:
+    """Read a session's mirrored rows without locking them: the session, the profile
+    ``profile_id`` ("" for none) and the session's current effects. Inside
+    :func:`_db.together` the reads are only queued, and the rows are there when the block ends.
+
+    For a caller that holds the session's key in the outbox (its push row in flight), so that no
+    other push of the session is mirrored until it is done: its own mirror then needs no locks
+    to see the rows as they will be when it writes. The evaluate_cart path sends these reads
+    before the request, and the database answers them while Talon.One works on the cart.
+    """
+    found = Prefetched(session_id, profile_id)
+    _read(CustomerSession, [session_id], found.sessions, lock=False)
+    if profile_id:
+        _read(CustomerProfile, [profile_id], found.profiles, lock=False)
+
+    def effects(cursor: Any) -> None:
+        by_pk = {session.pk: session for session in found.sessions.values()}
+        for effect in _db.instances(Effect)(cursor):
+            effect.session = by_pk[effect.session_id]
+            found.effects.setdefault(effect.session_id, []).append(effect)
+
+    _db.execute(_db.statement(_current_effects_sql, 1), [True, session_id], effects)
+    return found
+
+
 def _read_rows(items: Sequence[SessionAnswer], ids: list[str], loyal: set[str]) -> _Rows:
     """Lock and read every row the answers touch, in a fixed order (sessions, profiles,
     loyalty balances) and, where the answers name their profiles, in one round trip; rows
@@ -1309,11 +1377,11 @@ def _named_profile(item: SessionAnswer) -> str | None:
     return str(session.get("profileId") or "") if "profileId" in session else None
 
 
-def _locked_sql(model: type[models.Model], count: int) -> str:
+def _locked_sql(model: type[models.Model], count: int, lock: bool = True) -> str:
     column = connection.ops.quote_name(model._meta.get_field("integration_id").column)
     table = connection.ops.quote_name(model._meta.db_table)
     where = f"{table}.{column} IN ({_db.marks(count)})"
-    return _db.select_sql(model, where, f"{table}.{column}", lock=True)
+    return _db.select_sql(model, where, f"{table}.{column}", lock=lock)
 
 
 def _pks_sql(model: type[models.Model], count: int) -> str:
@@ -1447,9 +1515,14 @@ def _locked(model: type[M], integration_ids: list[str], into: dict[str, M]) -> N
     """``SELECT ... WHERE integration_id IN (...) ORDER BY integration_id FOR UPDATE``, written
     out once: the rows land in ``into`` by integration id (at once, or at the end of the
     enclosing :func:`_db.together` block)."""
+    _read(model, integration_ids, into, lock=True)
+
+
+def _read(model: type[M], integration_ids: list[str], into: dict[str, M], *, lock: bool) -> None:
+    """:func:`_locked`, or the same read without the lock."""
     if not integration_ids:
         return
-    sql = _db.statement(_locked_sql, model, len(integration_ids))
+    sql = _db.statement(_locked_sql, model, len(integration_ids), lock)
 
     def then(cursor: Any) -> None:
         into.update((row.integration_id, row) for row in _db.instances(model)(cursor))

@@ -461,6 +461,7 @@ def run(
     client: IntegrationClient,
     max_wait: float | None = None,
     order: Any = None,
+    prefetch: bool = False,
 ) -> Attempt:
     """Send one claimed push (reconciling first if an earlier try may have been applied), mirror
     the answer and record the outcome on the row.
@@ -468,13 +469,21 @@ def run(
     API and payload errors are recorded, not raised; only a database failure escapes (the row then
     stays in flight until the sweep takes it back). ``max_wait`` bounds the wait for the rate
     limit (None: as long as it takes). ``order``: the object the payload's link names, if at hand.
+    ``prefetch``: read the session's mirrored rows while the request is under way (see
+    :func:`_prefetch`).
     """
+    prefetched = None
     try:
         if push.outcome_unknown:
             found = _reconcile(push, client)
             if found is not None:
                 return _finish(push, token, found, client, reconciled=True, order=order)
-        answer = _send(push, client, max_wait=max_wait)
+        if prefetch and _db.pipelined():
+            with _db.together():  # the reads go out first; answered after the request
+                prefetched = _prefetch(push)
+                answer = _send(push, client, max_wait=max_wait)
+        else:
+            answer = _send(push, client, max_wait=max_wait)
     except TalonOneError as exc:
         if (
             isinstance(exc, NotFoundError)
@@ -488,7 +497,27 @@ def run(
         # Not an API answer: a payload the client refuses (bad path arg, unserialisable body).
         logger.exception("push #%s (%s %s) could not be sent", push.pk, push.operation, push.key)
         return _fail(push, token, exc)
-    return _finish(push, token, answer, client, order=order)
+    return _finish(push, token, answer, client, order=order, prefetched=prefetched)
+
+
+def _prefetch(push: Push) -> Any:
+    """Queue the reads of the mirrored rows a session update's answer will be written over
+    (see :func:`mirror.prefetch_session`); None for anything else.
+
+    The caller holds the push's key, so until its mirror is done nothing else mirrors this
+    session: read now, the rows are what the mirror would read after the request. The profile
+    is the one the request names; when the answer names another, the mirror reads again.
+    """
+    from . import mirror
+
+    if push.operation != UPDATE_SESSION:
+        return None
+    payload = push.payload
+    session = (payload.get("body") or {}).get("customerSession")
+    if not isinstance(session, dict) or "profileId" not in session:
+        return None
+    session_id = (payload.get("args") or [None])[0]
+    return mirror.prefetch_session(str(session_id), str(session.get("profileId") or ""))
 
 
 def send_now(
@@ -534,6 +563,10 @@ def send_now(
         push,
         _db.statement(_busy_sql),
         [key, *UNFINISHED, token, key, Push.State.IN_FLIGHT, token, Push.State.IN_FLIGHT],
+        # Losing the row of an open cart's update in a database crash loses nothing: the cart
+        # was sent (or it was not, and nothing says it was). Every outcome but success is
+        # written with a commit that waits for the disk, which makes this one durable too.
+        durable=not (settings.ASYNC_COMMIT and _open_cart_update(operation, payload)),
     )
     busy = bool(found)
     if busy:
@@ -549,7 +582,19 @@ def send_now(
         if settings.DISPATCH == "celery":
             schedule(key)
         return Attempt(push, "queued")
-    return run(push, token, client=client, max_wait=max_wait, order=order)
+    # Holding the key, the mirror's reads can go out before the request and be answered while
+    # it is under way (PostgreSQL pipelines), unless a transaction of the caller's is open.
+    prefetch = not connection.in_atomic_block
+    return run(push, token, client=client, max_wait=max_wait, order=order, prefetch=prefetch)
+
+
+def _open_cart_update(operation: str, payload: dict[str, Any]) -> bool:
+    """Whether the push only updates an open session (its cart, coupons, attributes): sent
+    twice, or lost once sent, it changes nothing that a later update would not."""
+    if operation != UPDATE_SESSION:
+        return False
+    session = (payload.get("body") or {}).get("customerSession") or {}
+    return session.get("state", "open") == "open"
 
 
 def record_failure(
@@ -1229,9 +1274,11 @@ def _finish(
     *,
     reconciled: bool = False,
     order: Any = None,
+    prefetched: Any = None,
 ) -> Attempt:
     """Mirror the answer and mark the row done in one transaction; a mirror error is recorded on
-    the (still done: it was sent) row and logged."""
+    the (still done: it was sent) row and logged. ``prefetched``: the session's rows read while
+    the request was under way, if they were."""
     # A return answers only its rollback effects; the session's current set (the lines kept) is
     # read back before the mirror's transaction, so no database lock waits on HTTP.
     settled = None
@@ -1250,9 +1297,17 @@ def _finish(
     try:
         # Nothing after the mirror's writes runs a statement in this transaction: on PostgreSQL
         # its COMMIT goes out with them (when the transaction is this one's own).
-        with _db.atomic_committed_with_last_block():
+        # A crash of the database that undid this commit would leave the row in flight (its
+        # claim was durable), to be reclaimed and reconciled like any other: no need to wait.
+        with _db.atomic_committed_with_last_block(durable=not settings.ASYNC_COMMIT):
             attempt.session, attempt.profile = _mirror(
-                push, answer, reconciled=reconciled, order=order, settled=settled, also=mark_done
+                push,
+                answer,
+                reconciled=reconciled,
+                order=order,
+                settled=settled,
+                also=mark_done,
+                prefetched=prefetched,
             )
             if attempt.session is not None:
                 done["session"] = attempt.session
@@ -1385,6 +1440,7 @@ def _mirror(
     order: Any = None,
     settled: dict[str, Any] | None = None,
     also: Callable[[list[CustomerSession]], None] | None = None,
+    prefetched: Any = None,
 ) -> tuple[CustomerSession | None, CustomerProfile | None]:
     """Mirror an answer by operation; ``also``: passed on to the session writer, which calls it
     among its writes (other operations do not call it)."""
@@ -1411,6 +1467,7 @@ def _mirror(
             savepoint=False,
             settled=settled,
             also=also,
+            prefetched=prefetched,
         )
         return session, None
     if op == REOPEN_SESSION:

@@ -242,6 +242,21 @@ def test_insert_then_commits_the_row_before_the_check_runs_in_one_round_trip():
     assert len(captured) == (2 if server_binds else 1)  # one round trip where it can be
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("durable", [True, False])
+def test_insert_then_leaves_no_warning_in_the_servers_log(durable):
+    notices: list[str] = []
+    connection.ensure_connection()
+    connection.connection.add_notice_handler(lambda notice: notices.append(notice.message_primary))
+    with CaptureQueriesContext(connection) as captured:
+        _db.insert_then(Push, _in_flight("k1"), "SELECT 1", [], durable=durable)
+    assert notices == []  # e.g. "there is no transaction in progress", once per cart page
+    assert Push.objects.filter(key="k1").exists()
+    one_query = len(captured) == 1
+    if one_query:
+        assert ("synchronous_commit" in captured[0]["sql"]) is not durable
+
+
 def test_insert_then_in_the_callers_transaction_commits_nothing_of_it():
     with pytest.raises(RuntimeError), transaction.atomic():
         push = _in_flight("k2")
@@ -325,3 +340,105 @@ def test_blocks_not_marked_last_leave_the_commit_to_the_atomic_block():
         _db.execute(_count_sql(), ["p1"])  # still the same transaction: allowed
         transaction.set_rollback(True)
     assert not CustomerProfile.objects.exists()
+
+
+def _frontend_messages(block: Any) -> list[str]:
+    """What the client sent while ``block()`` ran, one protocol message per entry
+    ("Parse BEGIN", "Sync", ...), up to the first answer the server gave."""
+    import tempfile
+
+    from psycopg.pq import Trace
+
+    raw = connection.connection
+    with tempfile.TemporaryFile("w+") as trace:
+        raw.pgconn.trace(trace.fileno())
+        raw.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS | Trace.REGRESS_MODE)
+        try:
+            block()
+        finally:
+            raw.pgconn.untrace()
+        trace.seek(0)
+        sent = []
+        for line in trace:
+            direction, _length, kind, *rest = line.rstrip("\n").split("\t")
+            if direction == "B":
+                break
+            text = rest[0].split('"')[3] if kind == "Parse" else ""
+            sent.append(f"{kind} {text}".strip())
+        return sent
+
+
+@pytest.mark.postgres
+def test_an_own_transaction_begins_in_the_round_trip_of_its_first_statements():
+    if not _db.pipelined():
+        pytest.skip("pipelines need psycopg 3 with libpq 14 or later")
+    seen: list[int] = []
+
+    def block() -> None:
+        with _db.together():
+            _db.execute(_count_sql(), ["p1"], lambda c: seen.append(c.fetchone()[0]))
+
+    with _db.atomic_committed_with_last_block():
+        connection.ensure_connection()
+        sent = _frontend_messages(block)
+        _db.insert(CustomerProfile, [CustomerProfile(integration_id="p1")])
+        assert _seen_by_another_connection("p1") == 0  # one transaction, still open
+    parsed = [message for message in sent if message.startswith("Parse")]
+    assert parsed[:1] == ["Parse BEGIN"] and len(parsed) == 2, sent
+    assert parsed[1].startswith("Parse SELECT COUNT(*)")
+    assert sent.count("Sync") == 1  # no wait for the BEGIN's answer before the SELECT
+    assert seen == [0] and _seen_by_another_connection("p1") == 1
+    assert connection.get_autocommit() and connection.connection.autocommit
+
+
+@pytest.mark.postgres
+def test_orm_statements_of_an_own_transaction_are_part_of_it():
+    # The first statement is the ORM's, outside any together() block: the BEGIN goes first.
+    with pytest.raises(RuntimeError), _db.atomic_committed_with_last_block():
+        CustomerProfile.objects.create(integration_id="orm")
+        assert _seen_by_another_connection("orm") == 0
+        with _db.together():
+            _db.insert(CustomerProfile, [CustomerProfile(integration_id="pipelined")])
+        CustomerProfile.objects.create(integration_id="orm-after")
+        raise RuntimeError("rolled back")
+    assert not CustomerProfile.objects.exists()
+    assert connection.get_autocommit() and not connection.in_atomic_block
+    with _db.atomic_committed_with_last_block():  # and the next one works as before
+        CustomerProfile.objects.create(integration_id="next")
+    assert _seen_by_another_connection("next") == 1
+
+
+@pytest.mark.postgres
+def test_an_own_transaction_left_open_by_its_blocks_is_committed_by_atomic():
+    # No together(last=True): Django's atomic commits, after psycopg ran in autocommit.
+    with _db.atomic_committed_with_last_block():
+        with _db.together():
+            _db.insert(CustomerProfile, [CustomerProfile(integration_id="p1")])
+        CustomerProfile.objects.filter(integration_id="p1").update(attributes={"a": 1})
+        assert _seen_by_another_connection("p1") == 0
+    assert CustomerProfile.objects.get(integration_id="p1").attributes == {"a": 1}
+    assert _seen_by_another_connection("p1") == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("durable", [True, False])
+def test_a_transaction_whose_loss_is_recoverable_commits_without_waiting_for_the_disk(durable):
+    if not _db.pipelined():
+        pytest.skip("pipelines need psycopg 3 with libpq 14 or later")
+    with (
+        CaptureQueriesContext(connection) as captured,
+        _db.atomic_committed_with_last_block(durable=durable),
+        _db.together(last=True),
+    ):
+        _db.insert(CustomerProfile, [CustomerProfile(integration_id="p1")])
+    sent = [query["sql"] for query in captured.captured_queries]
+    expected = ["COMMIT"] if durable else ["SET LOCAL synchronous_commit TO OFF", "COMMIT"]
+    assert sent[-len(expected) - 1 : -1] == expected, sent  # then atomic's own (nothing left)
+    assert _seen_by_another_connection("p1") == 1
+    with (
+        _db.atomic_committed_with_last_block(),  # a transaction of its own: waits again
+        CaptureQueriesContext(connection) as again,
+        _db.together(last=True),
+    ):
+        _db.insert(CustomerProfile, [CustomerProfile(integration_id="p2")])
+    assert not any("synchronous_commit" in query["sql"] for query in again.captured_queries)

@@ -265,3 +265,130 @@ def test_evaluate_cart_is_exported_lazily():
     assert django_talonone.Evaluation is Evaluation
     with pytest.raises(AttributeError):
         django_talonone.nothing_here  # noqa: B018
+
+
+# --- PostgreSQL: the mirror's reads are answered while the request is under way -------------------
+
+
+def _with_a_customer_and_a_first_evaluation(lines: int) -> Any:
+    from django.contrib.auth.models import User
+
+    order = make_order(lines=lines, customer=User.objects.create(username="ann"))
+    first = evaluate(order)  # the mirror's rows exist from here on
+    assert first.session.profile_integration_id and not first.stale
+    return order
+
+
+def _spy_on_the_request(monkeypatch: Any, captured: Any) -> dict[str, Any]:
+    """What was sent to the database, and whether a pipeline was open, when the request left."""
+    from django_talonone import _db
+
+    seen: dict[str, Any] = {}
+    real = outbox._send
+
+    def send(push: Any, client: Any, **kwargs: Any) -> Any:
+        seen["pipeline"] = _db.in_pipeline()
+        seen["before"] = [query["sql"] for query in captured.captured_queries]
+        return real(push, client, **kwargs)
+
+    monkeypatch.setattr(outbox, "_send", send)
+    return seen
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_mirrors_reads_go_out_before_the_request_and_lock_nothing(talon, monkeypatch):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from django_talonone import _db
+
+    if not _db.pipelined():
+        pytest.skip("pipelines need psycopg 3 with libpq 14 or later")
+    order = _with_a_customer_and_a_first_evaluation(lines=2)
+    order.lines.create(sku="SKU-3", quantity=1, price="10.00")
+    with CaptureQueriesContext(connection) as captured:
+        seen = _spy_on_the_request(monkeypatch, captured)
+        result = evaluate(order)
+    assert seen["pipeline"] is True
+    read_first = {
+        sql.split(" FROM ")[1].split()[0].strip('"')
+        for sql in seen["before"]
+        if sql.startswith("SELECT")
+    }  # the shop's order lines (the adapter), the outbox's check, then the mirror's rows
+    assert read_first - {"shop_orderline", "talonone_push"} == {
+        "talonone_customersession",
+        "talonone_customerprofile",
+        "talonone_effect",
+    }
+    sent = [query["sql"] for query in captured.captured_queries]
+    assert not [sql for sql in sent if "FOR UPDATE" in sql]  # the key is held: no row locks
+    assert not [sql for sql in sent[len(seen["before"]) :] if sql.startswith("SELECT")]
+    (effect,) = result.effects
+    assert effect.props["value"] == 3.0 and not result.stale
+    session = CustomerSession.objects.get(pk=result.session.pk)
+    assert session.cart_items.count() == 3 and session.order == order
+    assert [e.pk for e in Effect.objects.filter(session=session, is_current=True)] == [effect.pk]
+    assert Push.objects.get(pk=result.push.pk).state == "done"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_when_the_answer_names_another_profile_the_mirror_reads_again_under_locks(
+    talon, monkeypatch
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    order = _with_a_customer_and_a_first_evaluation(lines=1)
+    real = talon._update
+
+    def update(req: Any) -> Any:
+        status, payload = real(req)
+        payload["customerSession"]["profileId"] = "someone-else"
+        return status, payload
+
+    monkeypatch.setattr(talon, "_update", update)
+    with CaptureQueriesContext(connection) as captured:
+        result = evaluate(order)
+    assert not result.stale
+    assert result.session.profile_integration_id == "someone-else"
+    assert CustomerSession.objects.get(pk=result.session.pk).profile.integration_id == (
+        "someone-else"
+    )
+    assert any("FOR UPDATE" in query["sql"] for query in captured.captured_queries)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("async_commit", [True, False])
+def test_the_records_of_a_cart_update_wait_for_the_disk_only_when_asked(
+    talon, settings, async_commit
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from django_talonone import _db
+
+    settings.TALONONE = {**settings.TALONONE, "ASYNC_COMMIT": async_commit}
+    order = _with_a_customer_and_a_first_evaluation(lines=1)
+    with CaptureQueriesContext(connection) as captured:
+        assert not evaluate(order).stale
+    relaxed = [q["sql"] for q in captured.captured_queries if "synchronous_commit" in q["sql"]]
+    if not async_commit:
+        assert relaxed == []
+    elif _db.pipelined():
+        # The mirror's transaction, and the in-flight row where it goes in one query with the
+        # check (client-side binding, Django's default).
+        assert relaxed[-1] == "SET LOCAL synchronous_commit TO OFF"
+        if not connection.settings_dict["OPTIONS"].get("server_side_binding"):
+            assert len(relaxed) == 2 and relaxed[0].startswith("BEGIN; SET LOCAL")
+
+
+def test_only_an_open_carts_update_may_lose_its_in_flight_row():
+    body = {"customerSession": {"state": "open", "cartItems": []}}
+    assert outbox._open_cart_update(UPDATE_SESSION, make_payload("s", body=body))
+    assert outbox._open_cart_update(UPDATE_SESSION, make_payload("s", body={"customerSession": {}}))
+    closing = {"customerSession": {"state": "closed"}}
+    assert not outbox._open_cart_update(UPDATE_SESSION, make_payload("s", body=closing))
+    assert not outbox._open_cart_update("update_customer_profile_v2", make_payload("p", body={}))

@@ -323,6 +323,8 @@ def test_the_defaults_pass(settings):
         ({"BATCH_SIZE": 5000}, ["talonone.E040"]),
         ({"SEND_CONCURRENCY": "4"}, ["talonone.E040"]),
         ({"SEND_CONCURRENCY": True}, ["talonone.E040"]),
+        ({"ASYNC_COMMIT": "off"}, ["talonone.E042"]),
+        ({"ASYNC_COMMIT": None}, ["talonone.E042"]),
     ],
 )
 def test_bad_pipeline_settings_are_reported(settings, values, expected):
