@@ -12,7 +12,6 @@ integers beyond 64 bits as floats, losing digits) and anything orjson refuses (`
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -24,17 +23,24 @@ except ImportError:  # pragma: no cover
 #: Whether orjson is in use (the benches print it).
 FAST = orjson is not None
 
-# A number that may not fit 64 bits (or a long digit string, which costs only the fast path).
-_LONG_DIGITS = re.compile(r"\d{19}")
-_LONG_DIGITS_BYTES = re.compile(rb"\d{19}")
+# A run of 19 ASCII digits: a number that may not fit 64 bits (or a long digit string inside a
+# JSON string, which costs only the fast path). Found by mapping every digit byte to 1 and the
+# rest to 0 and searching for 19 ones: both steps run in C over the whole text at memory speed,
+# some twenty times faster than a regular expression that looks at every position.
+_DIGIT_BYTES = bytes(1 if 48 <= byte <= 57 else 0 for byte in range(256))
+_LONG_RUN = b"\x01" * 19
+
+
+def _has_long_number(data: str | bytes) -> bool:
+    raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
+    return raw.translate(_DIGIT_BYTES).find(_LONG_RUN) != -1
 
 
 def loads(data: str | bytes) -> Any:
     """``json.loads(data)``; ValueError (``json.JSONDecodeError``) for what is not JSON."""
     if orjson is not None:
-        long_digits = _LONG_DIGITS_BYTES if isinstance(data, bytes) else _LONG_DIGITS
         try:
-            if long_digits.search(data) is None:  # type: ignore[arg-type]
+            if not _has_long_number(data):
                 return orjson.loads(data)
         except orjson.JSONDecodeError:
             pass  # not JSON, or JSON orjson does not take: the standard library decides

@@ -56,3 +56,23 @@ def test_written_documents_read_back_the_same(implementation: str):
 def test_a_value_nothing_can_write_is_a_type_error(implementation: str):
     with pytest.raises(TypeError):
         _json.dumps({"x": object()}, _default)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"n": 9223372036854775808}',  # 19 digits: past a signed 64-bit integer
+        '{"n": -18446744073709551617}',  # 20 digits, negative
+        '{"n": 123456789012345678}',  # 18 digits: fits, the fast path
+        '{"n": 1.2345678901234567890123}',  # a long fraction
+        '{"s": "٣٣٣٣٣٣٣٣٣٣٣٣٣٣٣٣٣٣٣", "n": 12345678901234567890}',  # Arabic digits, then a big one
+        '{"s": "\\ud800"}',  # a lone surrogate, escaped
+    ],
+)
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_long_numbers_read_exactly_as_the_standard_library_reads_them(
+    implementation: str, text: str, as_bytes: bool
+):
+    data = text.encode() if as_bytes else text
+    assert _json.loads(data) == json.loads(text)
+    assert repr(_json.loads(data)) == repr(json.loads(text))  # ints stay ints, to the last digit
