@@ -142,48 +142,10 @@ def atomic_committed_with_last_block(*, durable: bool = True) -> Iterator[None]:
         _state.commit = _COMMIT_ALLOWED
         _state.durable = durable
         try:
-            with _begin_with_first_statement():
-                yield
+            yield
         finally:
             _state.commit = None
             _state.durable = True
-
-
-@contextlib.contextmanager
-def _begin_with_first_statement() -> Iterator[None]:
-    """Inside a transaction Django has just opened (nothing sent yet): the BEGIN goes out with
-    the block's first statement rather than on its own.
-
-    psycopg starts a transaction itself before the first statement, and in a pipeline it then
-    waits for the BEGIN's answer: a round trip of its own. Here psycopg is told to run in
-    autocommit for the length of the block (Django still sees its transaction) and a ``BEGIN``
-    is queued in front of the first statement any cursor of this connection executes, ORM or
-    not. Django's commit or rollback at the end of its ``atomic`` block works as ever, and
-    leaves psycopg in autocommit, where Django puts it then anyway.
-    """
-    raw = connection.connection
-    if raw.autocommit or raw.info.transaction_status != _idle():
-        yield  # not a fresh transaction of Django's: leave it alone
-        return
-    pending = [True]
-
-    def begin_first(execute: Any, sql: Any, params: Any, many: bool, context: Any) -> Any:
-        if pending:
-            pending.clear()
-            context["cursor"].cursor.execute("BEGIN")  # the same cursor: queued before it
-        return execute(sql, params, many, context)
-
-    raw.autocommit = True  # nothing is in progress: this sends nothing
-    try:
-        with connection.execute_wrapper(begin_first):
-            yield
-    finally:
-        if raw.info.transaction_status == _idle() and not raw.closed:
-            raw.autocommit = False  # committed, or never begun: Django's view again
-
-
-def _idle() -> Any:
-    return _psycopg3().pq.TransactionStatus.IDLE
 
 
 def execute(sql: str, params: Sequence[Any] = (), then: Callable[[Any], Any] | None = None) -> None:
