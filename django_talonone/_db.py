@@ -377,6 +377,56 @@ def upsert(model: type[M], rows: Iterable[M], unique_fields: list[str]) -> None:
     execute(sql, [*(column.value(row) for column in columns), row.pk], then)
 
 
+def update_many(model: type[M], rows: Sequence[M], attnames: Sequence[str]) -> None:
+    """Write the ``attnames`` columns of these saved rows back, by pk.
+
+    On PostgreSQL in one statement (``UPDATE ... FROM jsonb_to_recordset(...)``, the rows as one
+    JSON document), elsewhere one UPDATE per row. A row that has gone meanwhile stays gone.
+    """
+    if not rows:
+        return
+    attnames = tuple(attnames)
+    for row in rows:
+        row.__dict__.pop(_READ, None)  # what was read is not what the row holds once written
+    if connection.vendor == "postgresql":
+        sql, columns = statement(_update_many_sql, model, attnames)
+        pk = model._meta.pk.column
+        document = [{pk: row.pk, **{c: value(row) for c, value in columns}} for row in rows]
+        execute(sql, [_json.dumps(document, _json_default)])
+        return
+    sql = statement(_update_sql, model, attnames)
+    values = statement(_update_values, model, attnames)
+    for row in rows:
+        execute(sql, [*(value(row) for value in values), row.pk])
+
+
+def _update_values(
+    model: type[models.Model], attnames: tuple[str, ...]
+) -> list[Callable[[Any], Any]]:
+    """The functions giving a row's parameters of :func:`_update_sql` (``attnames``)."""
+    fields = {field.attname: field for field in model._meta.concrete_fields}
+    return [_parameter(fields[name], True)[1] for name in attnames]
+
+
+def _update_many_sql(
+    model: type[models.Model], attnames: tuple[str, ...]
+) -> tuple[str, list[tuple[str, Callable[[Any], Any]]]]:
+    opts = model._meta
+    qn = connection.ops.quote_name
+    fields = [opts.get_field(name) for name in attnames]
+    pk = opts.pk
+    types = ", ".join(
+        f"{qn(f.column)} {f.db_type(connection).split('(')[0]}" for f in [pk, *fields]
+    )
+    sets = ", ".join(f"{qn(f.column)} = x.{qn(f.column)}" for f in fields)
+    table = qn(opts.db_table)
+    sql = (
+        f"UPDATE {table} SET {sets} FROM jsonb_to_recordset(%s::jsonb) AS x({types})"  # noqa: S608
+        f" WHERE {table}.{qn(pk.column)} = x.{qn(pk.column)}"
+    )
+    return sql, [(f.column, _column_value(f, True)) for f in fields]
+
+
 @dataclass(frozen=True)
 class _Column:
     """A column :func:`upsert` may write back: the field's attname, its index in a row read by

@@ -275,6 +275,9 @@ def _mirror_sessions(
         if by_old["retire"]:
             _retire_current(by_old["retire"])
         _db.insert(Effect, [row for plan in plans.values() for row in plan.new], returning=True)
+        _db.update_many(
+            Effect, [row for plan in plans.values() for row in plan.rewrite], _REWRITTEN
+        )
         _db.upsert(CustomerSession, [sessions[sid] for sid in ids], ["integration_id"])
         if reevaluate:
             _reevaluate(reevaluate)
@@ -697,6 +700,7 @@ def _replace_effects(
         session.effects.filter(is_current=True).update(is_current=False)
     elif plan.old == "delete":
         session.effects.filter(is_current=True).delete()
+    _db.update_many(Effect, plan.rewrite, _REWRITTEN)
     if plan.new:
         return _db.insert(Effect, plan.new, returning=True)
     return plan.current
@@ -722,13 +726,33 @@ class _EffectsPlan:
     none), "delete" (an open session's superseded set) or "retire" (kept as history: the session
     is or was closed); ``new``: unsaved rows to insert;
     ``current``: the rows current afterwards (``new`` once inserted); ``reevaluate``: the kept
-    rows need the session's new update count.
+    rows need the session's new update count; ``rewrite``: current rows taking new values in
+    place (their :data:`_REWRITTEN` columns).
     """
 
     old: str
     new: list[Effect]
     current: list[Effect]
     reevaluate: bool = False
+    rewrite: list[Effect] = dataclasses.field(default_factory=list)
+
+
+#: What an effect row rewritten in place takes from the new answer; the rest is its identity
+#: (see :func:`_identity`), its session, ``is_current`` and ``created_at`` (when it first applied).
+_REWRITTEN = ("rule_name", "props", "coupon_code", "evaluation", "raw")
+
+
+def _identity(row: Effect) -> tuple[Any, ...]:
+    """What makes an effect the same effect in the next answer: its rule, type and target."""
+    return (
+        row.campaign_id,
+        row.ruleset_id,
+        row.rule_index,
+        row.effect_type,
+        row.position,
+        row.sub_position,
+        row.triggered_by_coupon,
+    )
 
 
 def _plan_effects(
@@ -750,6 +774,19 @@ def _plan_effects(
     open_ = CustomerSession.State.OPEN
     old = "delete" if previous_state == open_ and session.state == open_ else "retire"
     new = effect_rows(session, answered, now)
+    if (
+        old == "delete"
+        and current
+        and len(current) == len(new)
+        and all(_identity(a) == _identity(b) for a, b in zip(current, new, strict=True))
+    ):
+        # An open cart changed and the same rules apply to the same lines, with new values (a
+        # quantity changed, say): each row takes its new values in place, keeping its id. One
+        # UPDATE of columns no index holds, instead of deleting and inserting every row.
+        for row, fresh in zip(current, new, strict=True):
+            for name in _REWRITTEN:
+                setattr(row, name, getattr(fresh, name))
+        return _EffectsPlan("", [], list(current), rewrite=list(current))
     return _EffectsPlan(old if current else "", new, new)
 
 

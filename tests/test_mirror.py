@@ -353,6 +353,50 @@ def test_the_same_effects_again_leave_the_rows_alone():
     assert set(session.effects.values_list("evaluation", flat=True)) == {5}
 
 
+def test_the_same_rules_with_new_values_rewrite_the_rows_in_place():
+    first = {r.pk: r for r in current(mirror.mirror_session_answer(SID, session_answer()))}
+    # The cart changed: every rule still applies to the same line, with other values.
+    changed = copy.deepcopy(OPEN_EFFECTS)
+    changed[1]["props"]["value"] = 12.0
+    changed[2]["props"]["value"] = 9.0
+    changed[2]["ruleName"] = "mugs, two of them"
+    session = mirror.mirror_session_answer(SID, session_answer(effects=changed, update_count=6))
+    rows = current(session)
+    assert [r.pk for r in rows] == list(first)  # the same rows, so their ids stay
+    assert [r.raw for r in rows] == [e for e in changed if isinstance(e, dict)]
+    assert (rows[1].props["value"], rows[2].props["value"]) == (12.0, 9.0)
+    assert rows[2].rule_name == "mugs, two of them"
+    assert {r.evaluation for r in rows} == {6}
+    assert all(r.created_at == first[r.pk].created_at for r in rows)  # when it first applied
+    assert Effect.objects.filter(session=session).count() == len(rows)  # no history while open
+    session.refresh_from_db()
+    assert session.discount_total == discount_total_of(changed)
+
+
+def discount_total_of(effects):
+    return mirror.discount_total(mirror.effect_rows(CustomerSession(), effects, None))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda e: e.pop(2),  # a rule stopped applying
+        lambda e: e.append(effect(14, "setDiscount", {"name": "new", "value": 1.0})),  # another
+        lambda e: e[2]["props"].update(position=0.0),  # the same rule on another line
+        lambda e: e.reverse(),  # the same effects in another order
+    ],
+)
+def test_another_set_of_effects_replaces_the_rows(change):
+    first = [r.pk for r in current(mirror.mirror_session_answer(SID, session_answer()))]
+    effects = copy.deepcopy(OPEN_EFFECTS)
+    change(effects)
+    session = mirror.mirror_session_answer(SID, session_answer(effects=effects, update_count=6))
+    rows = current(session)
+    assert not set(first) & {r.pk for r in rows}
+    assert [r.raw for r in rows] == [e for e in effects if isinstance(e, dict)]
+    assert Effect.objects.filter(session=session).count() == len(rows)
+
+
 def test_history_is_kept_once_the_session_is_closed_cancelled_or_reopened():
     mirror.mirror_session_answer(SID, session_answer())
     closing = [*OPEN_EFFECTS[:3], OPEN_EFFECTS[4]]

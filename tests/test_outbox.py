@@ -281,14 +281,14 @@ def test_updated_at_moves_with_every_change_of_state(talon):
 
 def test_a_cart_update_costs_a_bounded_number_of_queries(talon, django_assert_num_queries):
     """Claim (2 statements), send, mirror a changed cart of a mirrored session (no profile: read
-    the session and its effects, write the new line, replace the effects, write the session)
-    and mark the row done (7), then one read that finds the key empty; plus the two savepoints
-    that stand in for BEGIN and COMMIT inside the test's transaction (4)."""
+    the session and its effects, write the new line, give the effect its new value in place,
+    write the session) and mark the row done (6), then one read that finds the key empty; plus
+    the two savepoints that stand in for BEGIN and COMMIT inside the test's transaction (4)."""
     outbox.process_key(push_cart("A").key)
     Push.objects.create(
         key=KEY, operation=UPDATE_SESSION, payload=make_payload(SID, body=cart_body("A", "B"))
     )
-    with django_assert_num_queries(14):
+    with django_assert_num_queries(13):
         assert outbox.process_key(KEY) == 1
     session = CustomerSession.objects.get(integration_id=SID)
     assert list(session.cart_items.values_list("sku", flat=True)) == ["A", "B"]
