@@ -1055,7 +1055,8 @@ def _run_together(
         _queue_update_claimed(ids, token, _done_fields(now), counted, session_by_key=True)
 
     try:
-        with transaction.atomic():
+        # As in _finish: the COMMIT goes with the mirror's writes, without waiting for the disk.
+        with _db.atomic_committed_with_last_block(durable=not settings.ASYNC_COMMIT):
             mirror.mirror_session_answers(items, also=mark_done)
             updated = counted[0] if counted else 0  # no items: nothing was marked
     except Exception:

@@ -241,3 +241,33 @@ def test_a_row_that_fails_in_a_drain_waits_for_its_retry_even_a_very_short_one(t
         assert outbox.drain() == 1  # a later drain takes it again
     push.refresh_from_db()
     assert (push.state, push.attempts) == ("done", 2)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("async_commit", [True, False])
+def test_a_batch_commits_with_its_writes_and_waits_for_the_disk_only_when_asked(
+    talon, settings, async_commit
+):
+    from django_talonone import _db
+
+    if not _db.pipelined():
+        pytest.skip("pipelines need psycopg 3 with libpq 14 or later")
+    settings.TALONONE = {**settings.TALONONE, "ASYNC_COMMIT": async_commit}
+    for i in range(3):
+        cart(f"s{i}", "A")
+    with CaptureQueriesContext(connection) as queries:
+        assert outbox.process_batch() == (3, 3)
+    sent = [query["sql"] for query in queries.captured_queries]
+    marked = next(
+        i
+        for i, sql in enumerate(sent)
+        if sql.startswith('UPDATE "talonone_push"') and "'done'" in sql
+    )
+    tail = sent[marked + 1 : marked + 3]
+    if async_commit:
+        assert tail == ["SET LOCAL synchronous_commit TO OFF", "COMMIT"]
+    else:
+        assert tail[0] == "COMMIT"
+    assert set(states().values()) == {"done"}
+    assert CustomerSession.objects.count() == 3
