@@ -392,3 +392,32 @@ def test_only_an_open_carts_update_may_lose_its_in_flight_row():
     closing = {"customerSession": {"state": "closed"}}
     assert not outbox._open_cart_update(UPDATE_SESSION, make_payload("s", body=closing))
     assert not outbox._open_cart_update("update_customer_profile_v2", make_payload("p", body={}))
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("failure", "unknown"),
+    [
+        (503, True),
+        (requests.exceptions.ReadTimeout("slow"), True),
+        (requests.exceptions.ConnectionError("Connection refused"), False),
+    ],
+)
+def test_a_failed_request_leaves_the_prefetched_reads_behind_and_the_connection_usable(
+    talon, failure, unknown
+):
+    order = _with_a_customer_and_a_first_evaluation(lines=1)
+    fresh = CustomerSession.objects.get(order_id=order.pk)
+    talon.fail("update", failure)
+    order.lines.create(sku="SKU-9", quantity=1, price="10.00")
+    result = evaluate(order)
+    assert result.stale is True and result.error
+    assert result.session == fresh
+    push = Push.objects.get(pk=result.push.pk)
+    assert (push.state, push.attempts, push.outcome_unknown) == ("pending", 1, unknown)
+    # The next cart page: the update waits in the outbox, so the key is busy (a dry run), and
+    # the database connection works as before.
+    again = evaluate(order)
+    assert (again.stale, again.preview) == (False, True)
+    assert again.effects[0].props["value"] == 2.0
