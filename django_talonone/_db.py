@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from django.core.signals import setting_changed
 from django.db import connection, models, transaction
 from django.db.models.base import ModelState
 from django.db.models.signals import post_init, pre_init
@@ -43,17 +44,37 @@ _ASYNC_COMMIT = "SET LOCAL synchronous_commit TO OFF"
 
 def statement(build: Callable[..., Any], *args: Any) -> Any:
     """``build(*args)``, made once per database vendor (``args`` must be hashable)."""
-    cache_key = (connection.vendor, build, *args)
+    cache_key = (_backend()[0], build, *args)
     found = _statements.get(cache_key)
     if found is None:
         found = _statements[cache_key] = build(*args)
     return found
 
 
+_backends: list[tuple[str, Any]] = []
+
+
+def _backend() -> tuple[str, Any]:
+    """The default database's vendor and driver module, looked up once (each lookup through
+    Django's ``connection`` proxy costs a thread-local search, and the checkout path asked some
+    thirty times per call); forgotten when ``DATABASES`` changes (``override_settings``)."""
+    if not _backends:
+        _backends.append((connection.vendor, getattr(connection, "Database", None)))
+    return _backends[0]
+
+
+def _forget_backend(*, setting: str, **kwargs: Any) -> None:
+    if setting == "DATABASES":
+        _backends.clear()
+
+
+setting_changed.connect(_forget_backend, dispatch_uid="django_talonone._db.forget_backend")
+
+
 def _psycopg3() -> Any:
     """The psycopg 3 module when this connection is PostgreSQL through it, else None."""
-    module = getattr(connection, "Database", None)
-    if connection.vendor == "postgresql" and getattr(module, "__name__", "") == "psycopg":
+    vendor, module = _backend()
+    if vendor == "postgresql" and getattr(module, "__name__", "") == "psycopg":
         return module
     return None
 

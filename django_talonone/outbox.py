@@ -544,16 +544,31 @@ def send_now(
     """
     now = timezone.now()
     token = _new_token()
-    push = Push(
-        key=key,
-        operation=operation,
-        payload=payload,
-        session_id=session.pk if session is not None else session_id,
-        source=source[:100],
-        state=Push.State.IN_FLIGHT,
-        claimed_by=token,
-        claimed_at=now,
-        attempts=1,
+    # Every field given: _db.make skips Model.__init__'s per-field work (the cart page's path).
+    push = _db.make(
+        Push,
+        {
+            "id": None,
+            "key": key,
+            "operation": operation,
+            "payload": payload,
+            "state": Push.State.IN_FLIGHT,
+            "attempts": 1,
+            "next_attempt_at": now,
+            "last_error": "",
+            "error_class": "",
+            "error_status": None,
+            "outcome_unknown": False,
+            "coalesced": 0,
+            "source": source[:100],
+            "session_id": session.pk if session is not None else session_id,
+            "profile_id": None,
+            "claimed_by": token,
+            "claimed_at": now,
+            "created_at": now,
+            "updated_at": now,
+            "done_at": None,
+        },
     )
     # Both written out: on the checkout path the ORM took longer to build them than the
     # database to run them. The row is committed before the check, so of two senders racing for

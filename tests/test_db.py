@@ -364,3 +364,17 @@ def test_a_transaction_whose_loss_is_recoverable_commits_without_waiting_for_the
     ):
         _db.insert(CustomerProfile, [CustomerProfile(integration_id="p2")])
     assert not any("synchronous_commit" in query["sql"] for query in again.captured_queries)
+
+
+def test_the_backend_is_looked_up_once_and_again_when_the_databases_change():
+    import warnings
+
+    from django.core.signals import setting_changed
+
+    assert _db._backend() == (connection.vendor, connection.Database)
+    _db._backends[:] = [("elsewhere", None)]  # what a lookup made under other settings found
+    assert _db._backend()[0] == "elsewhere"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Django warns that overriding DATABASES is risky
+        setting_changed.send(sender=None, setting="DATABASES", value={}, enter=True)
+    assert _db._backend() == (connection.vendor, connection.Database)
