@@ -376,7 +376,7 @@ def upsert(model: type[M], rows: Iterable[M], unique_fields: list[str]) -> None:
     (a dict changed in place would look unchanged).
     """
     rows = list(rows)
-    if len(rows) != 1 or rows[0].pk is None or connection.vendor not in ("postgresql", "sqlite"):
+    if len(rows) != 1 or rows[0].pk is None or _backend()[0] not in ("postgresql", "sqlite"):
         insert(model, rows, conflict=unique_fields)
         return
     (row,) = rows
@@ -409,24 +409,17 @@ def update_many(model: type[M], rows: Sequence[M], attnames: Sequence[str]) -> N
     attnames = tuple(attnames)
     for row in rows:
         row.__dict__.pop(_READ, None)  # what was read is not what the row holds once written
-    if connection.vendor == "postgresql":
+    if _backend()[0] == "postgresql":
         sql, columns = statement(_update_many_sql, model, attnames)
         pk = model._meta.pk.column
         document = [{pk: row.pk, **{c: value(row) for c, value in columns}} for row in rows]
         execute(sql, [_json.dumps(document, _json_default)])
         return
     sql = statement(_update_sql, model, attnames)
-    values = statement(_update_values, model, attnames)
+    by_name = {column.attname: column for column in statement(_update_columns, model, ())}
+    values = [by_name[name].value for name in attnames]
     for row in rows:
         execute(sql, [*(value(row) for value in values), row.pk])
-
-
-def _update_values(
-    model: type[models.Model], attnames: tuple[str, ...]
-) -> list[Callable[[Any], Any]]:
-    """The functions giving a row's parameters of :func:`_update_sql` (``attnames``)."""
-    fields = {field.attname: field for field in model._meta.concrete_fields}
-    return [_parameter(fields[name], True)[1] for name in attnames]
 
 
 def _update_many_sql(
@@ -521,7 +514,7 @@ def insert(
     """
     if not rows:
         return []
-    vendor = connection.vendor
+    vendor = _backend()[0]
     reads_back = returning or ignore
     if vendor not in ("postgresql", "sqlite") or (reads_back and not writes_sets()):
         if ignore:
@@ -632,7 +625,7 @@ def _insert_shape(
 def writes_sets() -> bool:
     """Whether :func:`insert` can write a batch itself here, reading back what it inserted
     (PostgreSQL, or SQLite 3.35+ with RETURNING); elsewhere callers go row by row."""
-    return connection.vendor in ("postgresql", "sqlite") and bool(
+    return _backend()[0] in ("postgresql", "sqlite") and bool(
         connection.features.can_return_rows_from_bulk_insert
     )
 

@@ -1311,14 +1311,7 @@ def prefetch_session(session_id: str, profile_id: str) -> Prefetched:
     _read(CustomerSession, [session_id], found.sessions, lock=False)
     if profile_id:
         _read(CustomerProfile, [profile_id], found.profiles, lock=False)
-
-    def effects(cursor: Any) -> None:
-        by_pk = {session.pk: session for session in found.sessions.values()}
-        for effect in _db.instances(Effect)(cursor):
-            effect.session = by_pk[effect.session_id]
-            found.effects.setdefault(effect.session_id, []).append(effect)
-
-    _db.execute(_db.statement(_current_effects_sql, 1), [True, session_id], effects)
+    _read_current_effects([session_id], found.sessions, found.effects)
     return found
 
 
@@ -1390,13 +1383,23 @@ def _read_dependents(
         _db.execute(_db.statement(_owned_sql, LoyaltyMembership, count), members_of, members)
         _db.execute(_db.statement(_owned_sql, LoyaltyBalance, count), members_of, ledgers)
 
-    def effects(cursor: Any) -> None:
-        by_pk = {session.pk: session for session in found.sessions.values()}
+    _read_current_effects(ids, found.sessions, found.effects)
+
+
+def _read_current_effects(
+    ids: list[str], sessions: dict[str, CustomerSession], into: dict[int, list[Effect]]
+) -> None:
+    """Queue the read of these sessions' current effects (by integration id, in id order): they
+    land in ``into`` by session pk, each hung on its session from ``sessions``, which the
+    statements queued before it fill."""
+
+    def then(cursor: Any) -> None:
+        by_pk = {session.pk: session for session in sessions.values()}
         for effect in _db.instances(Effect)(cursor):
             effect.session = by_pk[effect.session_id]
-            found.effects.setdefault(effect.session_id, []).append(effect)
+            into.setdefault(effect.session_id, []).append(effect)
 
-    _db.execute(_db.statement(_current_effects_sql, len(ids)), [True, *ids], effects)
+    _db.execute(_db.statement(_current_effects_sql, len(ids)), [True, *ids], then)
 
 
 def _named_profile(item: SessionAnswer) -> str | None:

@@ -581,7 +581,7 @@ def send_now(
         # Losing the row of an open cart's update in a database crash loses nothing: the cart
         # was sent (or it was not, and nothing says it was). Every outcome but success is
         # written with a commit that waits for the disk, which makes this one durable too.
-        durable=not (settings.ASYNC_COMMIT and _open_cart_update(operation, payload)),
+        durable=not (settings.ASYNC_COMMIT and _is_plain_update(push)),
     )
     busy = bool(found)
     if busy:
@@ -601,15 +601,6 @@ def send_now(
     # it is under way (PostgreSQL pipelines), unless a transaction of the caller's is open.
     prefetch = not connection.in_atomic_block
     return run(push, token, client=client, max_wait=max_wait, order=order, prefetch=prefetch)
-
-
-def _open_cart_update(operation: str, payload: dict[str, Any]) -> bool:
-    """Whether the push only updates an open session (its cart, coupons, attributes): sent
-    twice, or lost once sent, it changes nothing that a later update would not."""
-    if operation != UPDATE_SESSION:
-        return False
-    session = (payload.get("body") or {}).get("customerSession") or {}
-    return session.get("state", "open") == "open"
 
 
 def record_failure(

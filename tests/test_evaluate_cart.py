@@ -386,12 +386,15 @@ def test_the_records_of_a_cart_update_wait_for_the_disk_only_when_asked(
 
 
 def test_only_an_open_carts_update_may_lose_its_in_flight_row():
+    def plain(operation: str, payload: dict[str, Any]) -> bool:
+        return outbox._is_plain_update(Push(operation=operation, payload=payload))
+
     body = {"customerSession": {"state": "open", "cartItems": []}}
-    assert outbox._open_cart_update(UPDATE_SESSION, make_payload("s", body=body))
-    assert outbox._open_cart_update(UPDATE_SESSION, make_payload("s", body={"customerSession": {}}))
+    assert plain(UPDATE_SESSION, make_payload("s", body=body))
+    assert plain(UPDATE_SESSION, make_payload("s", body={"customerSession": {}}))
     closing = {"customerSession": {"state": "closed"}}
-    assert not outbox._open_cart_update(UPDATE_SESSION, make_payload("s", body=closing))
-    assert not outbox._open_cart_update("update_customer_profile_v2", make_payload("p", body={}))
+    assert not plain(UPDATE_SESSION, make_payload("s", body=closing))
+    assert not plain("update_customer_profile_v2", make_payload("p", body={}))
 
 
 @pytest.mark.postgres
